@@ -1,0 +1,25 @@
+# Two entry points (README): `make quick` renders the quick offline Table 2, `make test`
+# runs the test suite. Both create .venv and install the pinned package when missing.
+PYTHON ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed
+CORES ?= 2
+
+.PHONY: quick test lint
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+quick: $(STAMP)
+	. $(VENV)/bin/activate && snakemake --cores $(CORES) \
+	  --workflow-profile workflow/profiles/default \
+	  --configfile config/quick.yaml -- reports/table2_mnist.md
+
+test: $(STAMP)
+	. $(VENV)/bin/activate && pytest -q
+
+lint: $(STAMP)
+	. $(VENV)/bin/activate && ruff check src tests workflow benchmarks && snakemake --lint

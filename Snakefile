@@ -1,0 +1,45 @@
+"""robustreg: dataset -> train -> certify -> table.
+
+Rules only map wildcards and config to `python -m robustreg ...` calls and declare
+resources; the logic lives in src/robustreg, where it is tested.
+"""
+
+import json
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+from robustreg.plan import ConfigError, make_plan
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+try:
+    PLAN = make_plan(config)
+except ConfigError as err:
+    raise WorkflowError(f"config error: {err}") from None
+
+
+wildcard_constraints:
+    dataset=r"[^/]+",
+    exp=r"[^/]+",
+    cert=r"[^/]+",
+    table=r"[^/.]+",
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/certify.smk"
+include: "workflow/rules/tables.smk"
+
+
+rule all:
+    input:
+        expand("reports/{table}.md", table=PLAN.tables),
+    default_target: True

@@ -1,0 +1,5 @@
+import sys
+
+from robustreg.cli import main
+
+sys.exit(main())

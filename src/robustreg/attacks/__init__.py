@@ -1,0 +1,1 @@
+"""Attacks used inside training objectives (pure functions, no optimizer or parameter state)."""

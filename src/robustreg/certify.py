@@ -1,0 +1,336 @@
+"""Randomized-smoothing certification from stored class counts.
+
+Implements the statistics of Cohen, Rosenfeld & Kolter (2019), "Certified Adversarial Robustness
+via Randomized Smoothing" (ICML), for the smoothed classifier
+
+    g(x) = argmax_c P(f(x + eps) = c),    eps ~ N(0, sigma^2 I):
+
+* ``certify`` is their Algorithm CERTIFY: pick the top class cA from n0 selection samples, bound
+  pA = P(f(x + eps) = cA) from below with n fresh estimation samples, and certify the L2 radius
+  sigma * Phi^-1(pA_lower) (their Theorem 1 with pB upper-bounded by 1 - pA_lower), or abstain.
+* ``predict`` is their Algorithm PREDICT: a two-sided binomial test between the top two classes.
+
+The Monte Carlo sampling itself happens elsewhere; every image's class counts are stored once, so
+everything here is a pure function of integer count arrays (``counts0`` from the n0 selection
+samples, ``counts`` from the n estimation samples), of shape [N, C] or [C] for one image.
+
+The per-image log format (``write_certify_log`` / ``read_certify_log``) is the tab-separated one
+written by Cohen et al.'s ``certify.py`` and reused by Salman et al. (2019) and Jeong & Shin (2020).
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike
+from scipy.stats import beta, binomtest, norm
+
+ABSTAIN: int = -1
+LOG_COLUMNS: tuple[str, ...] = ("idx", "label", "predict", "radius", "correct", "time")
+
+_INT_COLUMNS = ("idx", "label", "predict", "correct")
+# str(datetime.timedelta) output: "H:MM:SS", "H:MM:SS.ffffff", with "N day(s), " past 24 hours.
+_TIMEDELTA = re.compile(
+    r"^(?:(?P<days>\d+) days?, )?(?P<hours>\d+):(?P<minutes>\d{2}):(?P<seconds>\d{2}(?:\.\d+)?)$"
+)
+
+
+def clopper_pearson_lower(successes: ArrayLike, trials: ArrayLike, alpha: float):
+    """One-sided (1 - alpha) Clopper-Pearson lower confidence bound on a binomial proportion.
+
+    For k successes in n trials the bound is the alpha-quantile of Beta(k, n - k + 1),
+
+        p_lower = B^-1(alpha; k, n - k + 1),    and p_lower = 0 when k = 0,
+
+    so that P(p_lower <= p) >= 1 - alpha. This equals the lower end of the two-sided exact interval
+    at level 1 - 2 alpha, which is how Cohen et al. call ``proportion_confint(..., alpha=2*alpha,
+    method="beta")``. Special case k = n: p_lower = alpha**(1/n).
+
+    Vectorized over broadcastable arrays; returns a float for scalar inputs.
+    """
+    k = np.asarray(successes)
+    n = np.asarray(trials)
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if np.any(k < 0) or np.any(k > n):
+        raise ValueError("successes must satisfy 0 <= successes <= trials")
+    # Beta(0, .) is degenerate at 0, where scipy returns nan rather than the bound 0.
+    lower = np.where(k == 0, 0.0, beta.ppf(alpha, k, n - k + 1))
+    return float(lower) if lower.ndim == 0 else lower
+
+
+def _as_count_matrix(counts: ArrayLike, name: str) -> np.ndarray:
+    """Validate counts as non-negative integers and view a single image's [C] as [1, C]."""
+    array = np.asarray(counts)
+    if array.ndim not in (1, 2) or array.shape[-1] == 0:
+        raise ValueError(f"{name} must have shape [C] or [N, C] with C >= 1, got {array.shape}")
+    as_int = array.astype(np.int64)
+    # Counts may arrive as floats (e.g. from a generic array store); only whole numbers are counts.
+    if not np.array_equal(as_int, array) or np.any(as_int < 0):
+        raise ValueError(f"{name} must hold non-negative integer counts")
+    return as_int.reshape(-1, as_int.shape[-1])
+
+
+def certify(
+    counts0: ArrayLike, counts: ArrayLike, sigma: float, alpha: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Algorithm CERTIFY of Cohen et al. (2019), from stored counts.
+
+    Per image, with n = sum_c counts[c]:
+
+        cA       = argmax_c counts0[c]           (selection samples; ties -> lowest class index)
+        nA       = counts[cA]                    (independent estimation samples)
+        pA_lower = clopper_pearson_lower(nA, n, alpha)
+        if pA_lower < 1/2: predict ABSTAIN, radius 0
+        else:              predict cA,      radius sigma * Phi^-1(pA_lower)
+
+    With probability >= 1 - alpha over the sampling, a non-abstaining prediction equals g(x + d)
+    for every ||d||_2 < radius. Selecting cA on counts0 rather than counts keeps the estimate of pA
+    unbiased by the selection. Ties go to the lowest index because that is what ``np.argmax`` does
+    in Cohen et al.'s code.
+
+    Args:
+        counts0: selection counts, [N, C] or [C] (treated as N = 1).
+        counts: estimation counts, same shape as counts0.
+        sigma: standard deviation of the Gaussian noise.
+        alpha: failure probability of the certificate.
+
+    Returns:
+        (prediction int64 [N], radius float64 [N], pA_lower float64 [N]).
+    """
+    selection = _as_count_matrix(counts0, "counts0")
+    estimation = _as_count_matrix(counts, "counts")
+    if selection.shape != estimation.shape:
+        raise ValueError(
+            f"counts0 and counts must have the same shape, got {selection.shape} and "
+            f"{estimation.shape}"
+        )
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    top = np.argmax(selection, axis=1)
+    n_top = estimation[np.arange(len(top)), top]
+    p_lower = np.asarray(
+        clopper_pearson_lower(n_top, estimation.sum(axis=1), alpha), dtype=np.float64
+    )
+    certified = p_lower >= 0.5
+    prediction = np.where(certified, top, ABSTAIN).astype(np.int64)
+    # Clipping keeps norm.ppf away from its p < 1/2 branch on abstentions, which are zeroed anyway.
+    radius = np.where(certified, sigma * norm.ppf(np.maximum(p_lower, 0.5)), 0.0)
+    return prediction, radius.astype(np.float64), p_lower
+
+
+def predict(counts: ArrayLike, alpha: float) -> np.ndarray:
+    """Algorithm PREDICT of Cohen et al. (2019), from stored counts.
+
+    Per image, let nA >= nB be the two largest class counts (class cA, ties -> lowest index) and
+
+        p = two-sided binomial test p-value of nA successes in nA + nB trials under H0: q = 1/2
+          = scipy.stats.binomtest(nA, nA + nB, 0.5).pvalue.
+
+    Predict cA if p <= alpha, else ABSTAIN; the prediction then differs from g(x) with probability
+    at most alpha. Images with nA + nB = 0 abstain (there is nothing to test).
+
+    Args:
+        counts: class counts, [N, C] or [C] (treated as N = 1), C >= 2.
+        alpha: significance level of the test.
+
+    Returns:
+        int64 predictions [N].
+    """
+    matrix = _as_count_matrix(counts, "counts")
+    if matrix.shape[1] < 2:
+        raise ValueError("predict needs at least two classes")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    # A stable sort makes the order of tied classes well defined; which tied class is cA never
+    # shows, since a tie for first has p-value 1 and abstains.
+    order = np.argsort(-matrix, axis=1, kind="stable")
+    rows = np.arange(len(matrix))
+    top, n_top, n_second = order[:, 0], matrix[rows, order[:, 0]], matrix[rows, order[:, 1]]
+    prediction = np.full(len(matrix), ABSTAIN, dtype=np.int64)
+    for i in range(len(matrix)):
+        trials = int(n_top[i] + n_second[i])
+        if trials > 0 and binomtest(int(n_top[i]), trials, 0.5).pvalue <= alpha:
+            prediction[i] = top[i]
+    return prediction
+
+
+def certified_accuracy(radius: ArrayLike, correct: ArrayLike, radii: ArrayLike) -> np.ndarray:
+    """Approximate certified accuracy at each L2 radius r in ``radii``:
+
+        acc(r) = (1/N) sum_i 1[correct_i = 1 and radius_i >= r]
+
+    over ALL N images, so abstentions and wrong predictions count as failures. A radius exactly
+    equal to r counts as certified at r.
+    """
+    radius_arr, correct_arr = _per_image(radius, correct)
+    thresholds = np.atleast_1d(np.asarray(radii, dtype=np.float64))
+    hits = (correct_arr == 1)[None, :] & (radius_arr[None, :] >= thresholds[:, None])
+    return hits.mean(axis=1)
+
+
+def average_certified_radius(radius: ArrayLike, correct: ArrayLike) -> float:
+    """Average certified radius (ACR): (1/N) sum_i radius_i * correct_i over ALL N images.
+
+    Wrong predictions and abstentions contribute 0.
+    """
+    radius_arr, correct_arr = _per_image(radius, correct)
+    return float(np.mean(radius_arr * (correct_arr == 1)))
+
+
+def _per_image(radius: ArrayLike, correct: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    radius_arr = np.asarray(radius, dtype=np.float64).ravel()
+    correct_arr = np.asarray(correct).astype(np.int64).ravel()
+    if radius_arr.shape != correct_arr.shape or radius_arr.size == 0:
+        raise ValueError(
+            "radius and correct must be non-empty and of equal length, got "
+            f"{radius_arr.size} and {correct_arr.size}"
+        )
+    return radius_arr, correct_arr
+
+
+def write_certify_log(
+    path: str | os.PathLike,
+    idx: ArrayLike,
+    label: ArrayLike,
+    prediction: ArrayLike,
+    radius: ArrayLike,
+    seconds: ArrayLike,
+) -> None:
+    """Write per-image certification results in Cohen et al.'s tab-separated log format.
+
+    Header ``idx, label, predict, radius, correct, time`` (tab-separated), then one row per image
+    with correct = int(prediction == label) and time = str(datetime.timedelta(seconds=...)), i.e.
+    "H:MM:SS.ffffff", exactly as their ``certify.py`` writes it.
+
+    Unlike their ``{:.3}`` (3 significant digits), the radius is written as the shortest decimal
+    that round-trips the float64 exactly (Python's ``repr``). Rounding would shift radii across
+    the thresholds of ``certified_accuracy`` (0.4996 -> "0.5" counts as certified at 0.5) and bias
+    the ACR, so tables computed from the log would differ from those computed from the arrays.
+
+    The file is written to a temporary file in the same directory and moved into place with
+    ``os.replace``, so readers never see a partial log.
+    """
+    columns = [np.asarray(a).ravel() for a in (idx, label, prediction, radius, seconds)]
+    if len({c.size for c in columns}) != 1:
+        raise ValueError(
+            "idx, label, prediction, radius and seconds must have equal lengths, got "
+            f"{[c.size for c in columns]}"
+        )
+    idx_arr, label_arr, pred_arr, radius_arr, seconds_arr = columns
+    lines = ["\t".join(LOG_COLUMNS)]
+    for i, y, p, r, s in zip(idx_arr, label_arr, pred_arr, radius_arr, seconds_arr, strict=True):
+        elapsed = str(datetime.timedelta(seconds=float(s)))
+        lines.append(f"{int(i)}\t{int(y)}\t{int(p)}\t{float(r)!r}\t{int(p == y)}\t{elapsed}")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+        os.replace(temporary, target)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def _parse_seconds(text: str) -> float:
+    """Seconds from "H:MM:SS[.ffffff]" (with optional "N day(s), ") or a plain number."""
+    match = _TIMEDELTA.match(text)
+    if match is None:
+        seconds = float(text)
+    else:
+        seconds = (
+            int(match["days"] or 0) * 86400
+            + int(match["hours"]) * 3600
+            + int(match["minutes"]) * 60
+            + float(match["seconds"])
+        )
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"invalid duration {text!r}")
+    return seconds
+
+
+def _parse_field(column: str, text: str) -> int | float:
+    if column in _INT_COLUMNS:
+        return int(text)
+    if column == "time":
+        return _parse_seconds(text)
+    radius = float(text)
+    if not math.isfinite(radius) or radius < 0:
+        raise ValueError(f"invalid radius {text!r}")
+    return radius
+
+
+def _split(line: str) -> list[str]:
+    # Tabs are the format's separator; lines without any tab are taken as whitespace-separated.
+    fields = line.split("\t") if "\t" in line else line.split()
+    return [field.strip() for field in fields]
+
+
+def read_certify_log(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a certification log in Cohen et al.'s tab-separated format.
+
+    Accepts logs written by ``write_certify_log`` and by the ``certify.py`` of Cohen et al. (2019),
+    Salman et al. (2019) or Jeong & Shin (2020): columns in any order, surrounding whitespace and
+    blank lines ignored, ``time`` either as str(datetime.timedelta) or as plain seconds.
+
+    Nothing is recomputed: ``correct`` is trusted as written, but a row with correct = 1 and
+    predict = ABSTAIN is rejected as inconsistent.
+
+    Returns:
+        DataFrame with columns idx, label, predict, correct (int64), radius and time (float64
+        seconds), in LOG_COLUMNS order.
+
+    Raises:
+        ValueError: one line naming the file (and line/column) on a missing file, a header with
+            missing or unknown columns, or an unparsable or inconsistent row.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError as err:
+        raise ValueError(f"{name}: cannot read certification log ({err.strerror})") from err
+    numbered = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    if not numbered:
+        raise ValueError(f"{name}: empty certification log, expected a header line")
+    header_number, header_line = numbered[0]
+    header = _split(header_line)
+    missing = [c for c in LOG_COLUMNS if c not in header]
+    unknown = [c for c in header if c not in LOG_COLUMNS]
+    if missing or unknown or len(header) != len(set(header)):
+        raise ValueError(
+            f"{name}: line {header_number}: bad header {header} "
+            f"(missing {missing}, unknown {unknown}), expected {list(LOG_COLUMNS)}"
+        )
+    values: dict[str, list] = {c: [] for c in LOG_COLUMNS}
+    for number, line in numbered[1:]:
+        fields = _split(line)
+        if len(fields) != len(header):
+            raise ValueError(
+                f"{name}: line {number}: expected {len(header)} fields, got {len(fields)}"
+            )
+        row = dict(zip(header, fields, strict=True))
+        for column in LOG_COLUMNS:
+            try:
+                values[column].append(_parse_field(column, row[column]))
+            except ValueError:
+                raise ValueError(
+                    f"{name}: line {number}: column {column!r}: cannot parse {row[column]!r}"
+                ) from None
+        if values["correct"][-1] not in (0, 1):
+            raise ValueError(f"{name}: line {number}: column 'correct' must be 0 or 1")
+        if values["correct"][-1] == 1 and values["predict"][-1] == ABSTAIN:
+            raise ValueError(
+                f"{name}: line {number}: inconsistent row, correct == 1 with predict == {ABSTAIN}"
+            )
+    dtypes = {c: np.int64 if c in _INT_COLUMNS else np.float64 for c in LOG_COLUMNS}
+    return pd.DataFrame({c: np.asarray(values[c], dtype=dtypes[c]) for c in LOG_COLUMNS})

