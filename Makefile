@@ -1,5 +1,6 @@
 # Two entry points (README): `make quick` renders the quick offline Table 2, `make test`
 # runs the test suite. Both create .venv and install the pinned package when missing.
+# constraints.txt pins every transitive dependency (pip freeze of a working environment).
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
@@ -7,16 +8,15 @@ CORES ?= 2
 
 .PHONY: quick test lint
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 quick: $(STAMP)
 	. $(VENV)/bin/activate && snakemake --cores $(CORES) \
 	  --workflow-profile workflow/profiles/default \
-	  --configfile config/quick.yaml -- reports/table2_mnist.md
+	  reports/table2_mnist.md --configfile config/quick.yaml
 
 test: $(STAMP)
 	. $(VENV)/bin/activate && pytest -q

@@ -39,14 +39,16 @@ def test_table2_plans_18_experiments_and_certifications():
 
 def test_paper_hyperparameters_resolved_per_sigma():
     plan = make_plan(merged())
-    by_key = {
-        (e["method"], e["sigma"]): e for e in plan.experiments.values()
-    }
+    by_key = {(e["method"], e["sigma"]): e for e in plan.experiments.values()}
     assert by_key["consistency", 0.25]["params"]["lbd"] == 10.0
     assert by_key["consistency", 0.5]["params"]["lbd"] == 5.0
     assert by_key["macer", 1.0]["params"]["lbd"] == 6.0
     assert by_key["macer", 0.25]["params"] == {
-        "m": 16, "lbd": 16.0, "gamma": 8.0, "beta": 16.0, "deferred_epochs": 30
+        "m": 16,
+        "lbd": 16.0,
+        "gamma": 8.0,
+        "beta": 16.0,
+        "deferred_epochs": 30,
     }
     schedule = by_key["gaussian", 0.5]["schedule"]
     assert (schedule["lr"], schedule["epochs"], schedule["lr_milestones"]) == (0.01, 90, [30, 60])
@@ -54,8 +56,20 @@ def test_paper_hyperparameters_resolved_per_sigma():
 
 def test_one_changed_hyperparameter_changes_one_experiment_only():
     before = make_plan(merged())
-    overlay = {"tables": {"table2_mnist": {"rows": {"consistency": {"by_sigma": [
-        {"sigma": 0.5, "params": {"lbd": 5.0}}, {"sigma": 1.0, "params": {"lbd": 7.0}}]}}}}}
+    overlay = {
+        "tables": {
+            "table2_mnist": {
+                "rows": {
+                    "consistency": {
+                        "by_sigma": [
+                            {"sigma": 0.5, "params": {"lbd": 5.0}},
+                            {"sigma": 1.0, "params": {"lbd": 7.0}},
+                        ]
+                    }
+                }
+            }
+        }
+    }
     after = make_plan(merged(overlay))
     assert len(set(after.experiments) - set(before.experiments)) == 1
     assert len(set(before.experiments) - set(after.experiments)) == 1
@@ -64,8 +78,9 @@ def test_one_changed_hyperparameter_changes_one_experiment_only():
 
 
 def test_defaults_spelled_out_or_not_give_the_same_experiment():
-    spelled = {"tables": {"table2_mnist": {"rows": {"gaussian": {"method": "gaussian",
-                                                                  "params": {}}}}}}
+    spelled = {
+        "tables": {"table2_mnist": {"rows": {"gaussian": {"method": "gaussian", "params": {}}}}}
+    }
     assert set(make_plan(merged(spelled)).experiments) == set(make_plan(merged()).experiments)
 
 
@@ -80,14 +95,22 @@ def test_reduced_scale_gets_a_banner():
 @pytest.mark.parametrize(
     ("overlay", "message"),
     [
-        ({"tables": {"table2_mnist": {"rows": {"macer": {"params": {"lbda": 3}}}}}},
-         "tables.table2_mnist.rows.macer.params: unknown parameter 'lbda'"),
-        ({"tables": {"table2_mnist": {"rows": {"typo_row": {"method": "gaussian"}}}}},
-         "tables.table2_mnist.rows.typo_row: not a row of table table2_mnist"),
-        ({"tables": {"table2_mnist": {"sigmas": [0.3]}}},
-         "tables.table2_mnist.sigmas: 0.3 is not a group"),
-        ({"tables": {"table2_mnist": {"schedule": "cifar"}}},
-         "tables.table2_mnist.schedule: 'cifar' is not defined under schedules"),
+        (
+            {"tables": {"table2_mnist": {"rows": {"macer": {"params": {"lbda": 3}}}}}},
+            "tables.table2_mnist.rows.macer.params: unknown parameter 'lbda'",
+        ),
+        (
+            {"tables": {"table2_mnist": {"rows": {"typo_row": {"method": "gaussian"}}}}},
+            "tables.table2_mnist.rows.typo_row: not a row of table table2_mnist",
+        ),
+        (
+            {"tables": {"table2_mnist": {"sigmas": [0.3]}}},
+            "tables.table2_mnist.sigmas: 0.3 is not a group",
+        ),
+        (
+            {"tables": {"table2_mnist": {"schedule": "cifar"}}},
+            "tables.table2_mnist.schedule: 'cifar' is not defined under schedules",
+        ),
     ],
 )
 def test_config_errors_name_the_key(overlay, message):

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import planned_jobs, snakemake, workflow_copy
 
 TARGET = "reports/table2_mnist.md"
@@ -90,8 +89,23 @@ def test_micro_run_fills_all_18_rows(micro_run):
 @pytest.mark.slow
 def test_changing_one_hyperparameter_reruns_only_its_row(micro_run):
     assert planned_jobs(micro_run, TARGET, "--configfile", "micro.yaml") == {}
-    name = overlay(micro_run, "changed.yaml", {"tables": {"table2_mnist": {"rows": {
-        "consistency": {"by_sigma": [{"sigma": 0.5, "params": {"lbd": 5.0}},
-                                     {"sigma": 1.0, "params": {"lbd": 7.0}}]}}}}})
+    name = overlay(
+        micro_run,
+        "changed.yaml",
+        {
+            "tables": {
+                "table2_mnist": {
+                    "rows": {
+                        "consistency": {
+                            "by_sigma": [
+                                {"sigma": 0.5, "params": {"lbd": 5.0}},
+                                {"sigma": 1.0, "params": {"lbd": 7.0}},
+                            ]
+                        }
+                    }
+                }
+            }
+        },
+    )
     jobs = planned_jobs(micro_run, TARGET, "--configfile", "micro.yaml", name)
     assert jobs == {"train": 1, "certify": 1, "table_cells": 1, "table": 1}

@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        return {"data": _data, "train": _train, "certify": _certify, "table": _table}[
-            args.command
-        ](args)
+        return {"data": _data, "train": _train, "certify": _certify, "table": _table}[args.command](
+            args
+        )
     except (ValueError, DataUnavailable) as err:
         print(f"robustreg {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -106,7 +106,9 @@ def _train(args) -> int:
         try:
             config = json.loads(args.config.read_text())
         except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{args.config}: not a readable JSON experiment config ({err})") from err
+            raise ValueError(
+                f"{args.config}: not a readable JSON experiment config ({err})"
+            ) from err
     else:
         config = json.loads(args.config_json)
     device = _setup_device(args)

@@ -86,7 +86,9 @@ def make_plan(config: dict) -> Plan:
             if float(sigma) not in groups:
                 raise ConfigError(f"{where}.sigmas: {sigma} is not a group of table {spec.name}")
         known_rows = {row.key for row in spec.rows}
-        tplan = TablePlan(table_name, spec.name, banner(config, table, data_cfg, schedule, cert_cfg))
+        tplan = TablePlan(
+            table_name, spec.name, banner(config, table, data_cfg, schedule, cert_cfg)
+        )
         for row_key, row in table["rows"].items():
             if row_key not in known_rows:
                 raise ConfigError(
@@ -168,8 +170,9 @@ def write_cells(table: TablePlan, path: str | Path) -> None:
         {
             "row": cell.row,
             "sigma": cell.sigma,
-            "log": os.path.relpath(Path("results/certify") / cell.certification / "certify.tsv",
-                                   path.parent),
+            "log": os.path.relpath(
+                Path("results/certify") / cell.certification / "certify.tsv", path.parent
+            ),
         }
         for cell in table.cells
     ]

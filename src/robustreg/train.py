@@ -39,7 +39,7 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    """torch.save through a temporary file and a rename: a killed job leaves the old file or none."""
+    """torch.save to a temporary file, then rename: a killed job leaves the old file or none."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
@@ -110,7 +110,9 @@ def train(
     epochs = schedule["epochs"]
     batch_size = schedule["batch_size"]
     amp = bool(schedule.get("amp")) and device.type == "cuda"
-    bar = tqdm(total=epochs, initial=start_epoch, desc=f"train {out_dir.name}", disable=not progress)
+    bar = tqdm(
+        total=epochs, initial=start_epoch, desc=f"train {out_dir.name}", disable=not progress
+    )
     for epoch in range(start_epoch, epochs):
         model.train()
         ctx = StepContext(epoch=epoch, epochs=epochs)
@@ -184,9 +186,12 @@ def load_model(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]
     except FileNotFoundError:
         raise ValueError(f"{path}: model file does not exist") from None
     except Exception as err:  # torch raises many types for corrupt or foreign pickles
-        raise ValueError(f"{path}: not a readable robustreg model checkpoint ({err})") from err
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: not a readable robustreg model checkpoint ({reason})") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path}: not a robustreg model checkpoint (expected format {MODEL_FORMAT})")
+        raise ValueError(
+            f"{path}: not a robustreg model checkpoint (expected format {MODEL_FORMAT})"
+        )
     model = create_model(ckpt["arch"], ckpt["num_classes"])
     try:
         model.load_state_dict(ckpt["state_dict"])

