@@ -6,8 +6,12 @@ Prints, side by side on the same LeNet and batch size (samples per second):
   (c) a straightforward per-image sampler in the style of Cohen et al. (2019)'s
       ``Smooth._sample_noise``: fresh ``randn_like`` noise per batch, contiguous layout,
       ``no_grad`` rather than ``inference_mode``, counts via ``.cpu().numpy()``.
+  (a') on CPU, the bare forward pass in the contiguous layout that (c) runs: (a')/(c) near 1
+      means (b)/(c) cannot exceed about (a)/(a'), however cheap the sampling.
 Targets: (b)/(a) >= 0.90 (noise, counting and bookkeeping cost at most 10%) and
-(b)/(c) >= 2.0. The script reports; it always exits 0.
+(b)/(c) >= 2.0. Methods run interleaved, ``--repeats`` times after a warm-up; rates are
+medians, ratios the median of the per-repetition ratios. The script reports; it always
+exits 0.
 
     .venv/bin/python benchmarks/certify_throughput.py [--batch-size 1000] [--num 10000]
 """
@@ -57,7 +61,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (median)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed repetitions (median)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)  # the script's own process; the library never does this
@@ -145,6 +149,14 @@ def main() -> None:
             sync(device)
             rates[name].append(samples / (time.perf_counter() - t0))
     med = {name: statistics.median(r) for name, r in rates.items()}
+    # ratios within each repetition, then their median: the runs compared were seconds
+    # apart, so slow changes in load from other processes cancel
+    vs_forward = statistics.median(
+        b / a for a, b in zip(rates["forward"], rates["sample_counts"], strict=True)
+    )
+    vs_straightforward = statistics.median(
+        b / c for b, c in zip(rates["sample_counts"], rates["straightforward"], strict=True)
+    )
 
     print(
         f"device {device}, threads {torch.get_num_threads()}, batch size {bs}, "
@@ -161,11 +173,8 @@ def main() -> None:
     ]
     for label, name in rows:
         print(f"{label:<50}{med[name]:>10.0f} samples/s")
-    print(f"ratio sampling/forward = {med['sample_counts'] / med['forward']:.2f} (target >= 0.90)")
-    print(
-        f"speedup vs straightforward = "
-        f"{med['sample_counts'] / med['straightforward']:.2f} (target >= 2.0)"
-    )
+    print(f"ratio sampling/forward = {vs_forward:.2f} (target >= 0.90)")
+    print(f"speedup vs straightforward = {vs_straightforward:.2f} (target >= 2.0)")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ def workflow_copy(dest: Path) -> Path:
     """The workflow's files in a scratch folder, so runs never touch the checkout's results."""
     for name in ("Snakefile", "config.yaml"):
         shutil.copy(REPO / name, dest / name)
-    for name in ("workflow", "config"):
+    for name in ("workflow", "config", "envs"):
         shutil.copytree(REPO / name, dest / name)
     shutil.copy(REPO / "tests" / "micro.yaml", dest / "micro.yaml")
     return dest

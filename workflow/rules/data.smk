@@ -1,11 +1,3 @@
-def dataset_args(wildcards):
-    d = PLAN.datasets[wildcards.dataset]
-    args = ["--dataset", d["name"], "--source", d["source"], "--download-root", config["data"]["download_root"]]
-    if d["files"]:
-        args += ["--files", d["files"]]
-    return args + ["--test-size", str(d["test_size"]), "--split-seed", str(d["split_seed"])]
-
-
 rule dataset:
     output:
         train="results/data/{dataset}/train.npz",
@@ -17,5 +9,7 @@ rule dataset:
     resources:
         mem_mb=job_resources("data")["mem_mb"],
         runtime=job_resources("data")["runtime"],
+    conda:
+        "../../envs/robustreg.yaml"
     shell:
         "python -m robustreg data {params.args:q} --out-dir results/data/{wildcards.dataset} > {log:q} 2>&1"

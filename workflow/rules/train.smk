@@ -13,6 +13,8 @@ rule train:
         gpu=job_resources("train")["gpu"],
         mem_mb=job_resources("train")["mem_mb"],
         runtime=job_resources("train")["runtime"],
+    conda:
+        "../../envs/robustreg.yaml"
     shell:
         "python -m robustreg train --config-json {params.config:q} --data {input:q}"
         " --out-dir results/models/{wildcards.exp} --threads {threads} > {log:q} 2>&1"

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustreg.objectives.base import Objective, StepContext, register
-from robustreg.objectives.gaussian import (
+from robustreg.objectives.common import (
     accuracy,
     as_floats,
     copy_logits,

@@ -25,7 +25,7 @@ from torch import nn
 
 from robustreg.attacks.smoothed_pgd import smoothed_pgd_l2
 from robustreg.objectives.base import Objective, StepContext, register
-from robustreg.objectives.gaussian import (
+from robustreg.objectives.common import (
     accuracy,
     as_floats,
     copies_xent,

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from robustreg.objectives.base import StepContext, register
+from robustreg.objectives.common import accuracy, as_floats, copies_xent
 from robustreg.objectives.consistency import consistency_regularizer, validate_consistency
-from robustreg.objectives.gaussian import accuracy, as_floats, copies_xent
 from robustreg.objectives.smoothadv import SmoothAdv
 
 __all__ = ["SmoothAdvConsistency"]

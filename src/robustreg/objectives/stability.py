@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustreg.objectives.base import Objective, StepContext, register
-from robustreg.objectives.gaussian import accuracy, as_floats, copy_logits, gaussian_noise
+from robustreg.objectives.common import accuracy, as_floats, copy_logits, gaussian_noise
 
 __all__ = ["Stability"]
 
