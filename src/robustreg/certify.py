@@ -24,13 +24,13 @@ import datetime
 import math
 import os
 import re
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 from scipy.stats import beta, binomtest, norm
+
+from robustreg.io import write_text_atomic
 
 ABSTAIN: int = -1
 LOG_COLUMNS: tuple[str, ...] = ("idx", "label", "predict", "radius", "correct", "time")
@@ -229,16 +229,7 @@ def write_certify_log(
     for i, y, p, r, s in zip(idx_arr, label_arr, pred_arr, radius_arr, seconds_arr, strict=True):
         elapsed = str(datetime.timedelta(seconds=float(s)))
         lines.append(f"{int(i)}\t{int(y)}\t{int(p)}\t{float(r)!r}\t{int(p == y)}\t{elapsed}")
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(lines) + "\n")
-        os.replace(temporary, target)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def _parse_seconds(text: str) -> float:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from robustreg.data import DataUnavailable
+from robustreg.io import atomic_path, write_text_atomic
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +114,9 @@ def _train(args) -> int:
         config = json.loads(args.config_json)
     device = _setup_device(args)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "experiment.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    write_text_atomic(
+        args.out_dir / "experiment.json", json.dumps(config, indent=2, sort_keys=True)
+    )
     started = time.perf_counter()
     try:
         path = train(config, args.data, args.out_dir, device=device, progress=not args.no_progress)
@@ -151,14 +154,8 @@ def _certify(args) -> int:
         indices=keep,
     )
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        args.out_dir / "counts.npz",
-        sigma=args.sigma,
-        n0=args.n0,
-        n=args.n,
-        seed=args.seed,
-        **result,
-    )
+    with atomic_path(args.out_dir / "counts.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, sigma=args.sigma, n0=args.n0, n=args.n, seed=args.seed, **result)
     prediction, radius, _ = certify(result["counts0"], result["counts"], args.sigma, args.alpha)
     write_certify_log(
         args.out_dir / "certify.tsv",

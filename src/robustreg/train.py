@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from robustreg.data import load_split
+from robustreg.io import atomic_path
 from robustreg.models import create_model
 from robustreg.objectives import StepContext, build_objective
 
@@ -39,16 +38,8 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    """torch.save to a temporary file, then rename: a killed job leaves the old file or none."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def train(
@@ -163,7 +154,8 @@ def train(
         bar.update()
     bar.close()
 
-    pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
+    with atomic_path(out_dir / "history.csv") as tmp:
+        pd.DataFrame(history).to_csv(tmp, index=False)
     model_path = out_dir / "model.pt"
     atomic_save(
         {

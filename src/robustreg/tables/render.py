@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import pandas as pd
 import yaml
 
 from robustreg.certify import average_certified_radius, certified_accuracy, read_certify_log
+from robustreg.io import write_text_atomic
 from robustreg.tables.spec import RULES, ColumnSpec, RuleSpec, TableSpec, load_spec
 
 __all__ = ["Cell", "CellsFile", "build_frame", "load_cells", "render_table"]
@@ -439,18 +439,6 @@ def _context(cells: CellsFile, frame: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def render_table(
     cells_path: str | os.PathLike, md_path: str | os.PathLike, tex_path: str | os.PathLike
 ) -> pd.DataFrame:
@@ -462,6 +450,6 @@ def render_table(
     context = _context(cells, frame)
     md = _environment("md").get_template("table.md.j2").render(**context)
     tex = _environment("tex").get_template("table.tex.j2").render(**context)
-    _write_atomic(Path(md_path), md)
-    _write_atomic(Path(tex_path), tex)
+    write_text_atomic(Path(md_path), md)
+    write_text_atomic(Path(tex_path), tex)
     return frame
