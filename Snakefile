@@ -1,10 +1,11 @@
-"""robustreg: dataset -> train -> certify -> table.
+"""robustreg: dataset -> train -> certify -> table / figure -> paper index.
 
 Rules only map wildcards and config to `python -m robustreg ...` calls and declare
 resources; the logic lives in src/robustreg, where it is tested.
 """
 
 import json
+import re
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
@@ -24,14 +25,18 @@ except ConfigError as err:
     raise WorkflowError(f"config error: {err}") from None
 
 
+include: "workflow/rules/common.smk"
+
+
 wildcard_constraints:
     dataset=r"[^/]+",
     exp=r"[^/]+",
     cert=r"[^/]+",
-    table=r"[^/.]+",
+    table=names_pattern(PLAN.tables),
+    figure=names_pattern(PLAN.figures),
+    paper=names_pattern(PLAN.papers),
 
 
-include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/certify.smk"
@@ -40,5 +45,5 @@ include: "workflow/rules/tables.smk"
 
 rule all:
     input:
-        expand("reports/{table}.md", table=PLAN.tables),
+        expand("reports/{name}.md", name=[*PLAN.tables, *PLAN.figures, *PLAN.papers]),
     default_target: True

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,3 +62,29 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return workflow_copy(tmp_path)
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa = torch.load(a, weights_only=True)["state_dict"]
+    wb = torch.load(b, weights_only=True)["state_dict"]
+    return all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def train_killed_then_resumed(config: dict, split: Path, out_dir: Path, monkeypatch) -> Path:
+    """Train ``config``, killed right after its first epoch's checkpoint, then run it again."""
+    import robustreg.train as train_module
+
+    save = train_module.atomic_save
+
+    def killed_after_first_epoch(obj, path):
+        save(obj, path)
+        if path.name == "checkpoint.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "atomic_save", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(config, split, out_dir, progress=False)
+    monkeypatch.setattr(train_module, "atomic_save", save)
+    assert torch.load(out_dir / "checkpoint.pt", weights_only=True)["epoch"] == 0
+    torch.manual_seed(123)  # whatever the global RNG holds now, the checkpoint restores it
+    return train_module.train(config, split, out_dir, progress=False)

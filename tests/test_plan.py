@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -29,17 +30,25 @@ def merged(*overlays: dict) -> dict:
     return config
 
 
+def cell_experiments(plan, table: str) -> dict[tuple[str, float], tuple[str, ...]]:
+    return {(c.row, c.sigma): c.experiments for c in plan.tables[table].cells}
+
+
 def test_table2_plans_18_experiments_and_certifications():
     plan = make_plan(merged())
-    assert len(plan.experiments) == 18
-    assert len(plan.certifications) == 18
-    assert len(plan.tables["table2_mnist"].cells) == 18
+    cells = plan.tables["table2_mnist"].cells
+    assert len(cells) == 18
+    assert len({e for c in cells for e in c.experiments}) == 18
+    assert len({k for c in cells for k in c.certifications}) == 18
     assert plan.tables["table2_mnist"].banner is None
 
 
 def test_paper_hyperparameters_resolved_per_sigma():
     plan = make_plan(merged())
-    by_key = {(e["method"], e["sigma"]): e for e in plan.experiments.values()}
+    by_key = {
+        (row, sigma): plan.experiments[exp]
+        for (row, sigma), (exp,) in cell_experiments(plan, "table2_mnist").items()
+    }
     assert by_key["consistency", 0.25]["params"]["lbd"] == 10.0
     assert by_key["consistency", 0.5]["params"]["lbd"] == 5.0
     assert by_key["macer", 1.0]["params"]["lbd"] == 6.0
@@ -54,8 +63,12 @@ def test_paper_hyperparameters_resolved_per_sigma():
     assert (schedule["lr"], schedule["epochs"], schedule["lr_milestones"]) == (0.01, 90, [30, 60])
 
 
+def table2_experiments(plan) -> set[str]:
+    return {e for c in plan.tables["table2_mnist"].cells for e in c.experiments}
+
+
 def test_one_changed_hyperparameter_changes_one_experiment_only():
-    before = make_plan(merged())
+    before = table2_experiments(make_plan(merged()))
     overlay = {
         "tables": {
             "table2_mnist": {
@@ -70,11 +83,11 @@ def test_one_changed_hyperparameter_changes_one_experiment_only():
             }
         }
     }
-    after = make_plan(merged(overlay))
-    assert len(set(after.experiments) - set(before.experiments)) == 1
-    assert len(set(before.experiments) - set(after.experiments)) == 1
+    after = table2_experiments(make_plan(merged(overlay)))
+    assert len(after - before) == 1
+    assert len(before - after) == 1
     # Changing it back finds the original folders.
-    assert set(make_plan(merged()).experiments) == set(before.experiments)
+    assert table2_experiments(make_plan(merged())) == before
 
 
 def test_defaults_spelled_out_or_not_give_the_same_experiment():
@@ -147,3 +160,147 @@ def test_shipped_configs_are_valid():
     validate_config(merged(), schema)
     validate_config(merged(yaml.safe_load((REPO / "config" / "quick.yaml").read_text())), schema)
     validate_config(merged(yaml.safe_load((REPO / "tests" / "micro.yaml").read_text())), schema)
+
+
+# ------------------------------------------------------------------ every consistency table
+
+CONSISTENCY_RESULTS = [
+    "table2_mnist",
+    "table3_mnist_seeds",
+    "table4_mnist_loss",
+    "table5_mnist_m",
+    "table6_mnist_lambda",
+    "table7_cifar10",
+]
+
+
+def test_consistency_tables_share_identical_configs():
+    plan = make_plan(merged())
+    needed = {e for t in CONSISTENCY_RESULTS for c in plan.tables[t].cells for e in c.experiments}
+    # Distinct training configs, counted by hand from the paper's tables:
+    #   Table 2: 6 methods x 3 sigmas                                      18
+    #   Table 3: the same 18 configs with seeds 1..4 (seed 0 is Table 2's)   72
+    #   Table 4: MSE 5/20/50, KL 5/20/50, cross-entropy 20 (Gaussian and
+    #            cross-entropy 5 are Table 2's sigma = 1.00 models)            7
+    #   Table 5: m = 4 and 8 at 3 sigmas (m = 2 is Table 2's)                  6
+    #   Table 6: lambda 1, 10, 15, 25, 30, 50 (0 = Gaussian and 5 are
+    #            Table 2's; 20 is Table 4's cross-entropy 20)                  6
+    #   Table 7: 7 CIFAR-10 rows x 3 sigmas                                   21
+    assert len(needed) == 18 + 72 + 7 + 6 + 6 + 21
+    # ... and the number of distinct resolved configs is the number of folders.
+    assert len({json.dumps(plan.experiments[e], sort_keys=True) for e in needed}) == len(needed)
+
+    t2, t3 = cell_experiments(plan, "table2_mnist"), cell_experiments(plan, "table3_mnist_seeds")
+    assert set(t3) == set(t2)
+    for key, (exp,) in t2.items():
+        assert t3[key][0] == exp
+        assert len(set(t3[key])) == 5
+        assert [plan.experiments[e]["seed"] for e in t3[key]] == [0, 1, 2, 3, 4]
+    t4, t5 = cell_experiments(plan, "table4_mnist_loss"), cell_experiments(plan, "table5_mnist_m")
+    t6 = cell_experiments(plan, "table6_mnist_lambda")
+    assert t4["xent5", 1.0] == t2["consistency", 1.0] == t6["lbd5", 1.0]
+    assert t4["gaussian", 1.0] == t2["gaussian", 1.0] == t6["lbd0", 1.0]
+    assert t6["lbd20", 1.0] == t4["xent20", 1.0]
+    for sigma in (0.25, 0.5, 1.0):
+        assert t5["m2", sigma] == t2["consistency", sigma]
+        assert t5["m8", sigma] != t2["consistency", sigma]
+
+
+def test_cifar10_experiments_follow_supplement_a1_a2():
+    plan = make_plan(merged())
+    exps = [plan.experiments[e] for c in plan.tables["table7_cifar10"].cells for e in c.experiments]
+    assert len(exps) == 21
+    for exp in exps:
+        assert exp["arch"] == "cifar_resnet110"
+        assert exp["data"]["augment"] == "crop_flip"
+        s = exp["schedule"]
+        assert (s["lr"], s["epochs"], s["batch_size"], s["lr_milestones"]) == (
+            0.1,
+            150,
+            256,
+            [50, 100],
+        )
+    stab = {(e["params"]["lbd"], e["sigma"]) for e in exps if e["method"] == "stability"}
+    assert stab == {(lbd, s) for lbd in (1.0, 2.0, 5.0, 10.0, 20.0) for s in (0.25, 0.5, 1.0)}
+    cons = {e["sigma"]: e["params"]["lbd"] for e in exps if e["method"] == "consistency"}
+    assert cons == {0.25: 20.0, 0.5: 10.0, 1.0: 10.0}
+    mnist = [plan.experiments[e] for c in plan.tables["table2_mnist"].cells for e in c.experiments]
+    assert {e["data"]["augment"] for e in mnist} == {"none"}
+
+
+def test_table1_shows_smoothadv_settings_and_trains_nothing():
+    plan = make_plan(merged())
+    table = plan.tables["table1_smoothadv"]
+    assert table.kind == "settings" and table.banner is None
+    cells = {(c.row, c.sigma): c for c in table.cells}
+    assert set(cells) == {("cifar10", s) for s in (0.25, 0.5, 1.0)} | {
+        ("imagenet", 0.5),
+        ("imagenet", 1.0),
+    }
+    assert cells["cifar10", 0.25].settings == {
+        "method": "smoothadv",
+        "attack": "PGD",
+        "m": 4,
+        "eps": 255 / 256,
+        "steps": 10,
+        "warmup_epochs": 10,
+    }
+    assert (cells["cifar10", 1.0].settings["eps"], cells["cifar10", 1.0].settings["m"]) == (2.0, 2)
+    assert cells["imagenet", 1.0].settings["steps"] == 1
+    # CIFAR-10 rows are trainable experiments; ImageNet data is not configured yet.
+    assert len(cells["cifar10", 0.5].experiments) == 1
+    assert cells["imagenet", 0.5].experiments == ()
+    assert not any(c.certifications for c in table.cells)
+
+
+def test_synthetic_cifar_banner_says_synthetic():
+    quick = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
+    banner = make_plan(merged(quick)).tables["table7_cifar10"].banner
+    assert "synthetic CIFAR10-shaped dataset (NOT CIFAR10 images)" in banner
+    # Synthetic data is never paper scale, whatever the scale key says.
+    paper_scale = merged(quick, {"scale": "paper"})
+    assert "synthetic" in make_plan(paper_scale).tables["table7_cifar10"].banner
+
+
+def test_paper_lists_its_reports():
+    plan = make_plan(merged())
+    assert plan.reports("consistency")[0] == "reports/table1_smoothadv.md"
+    assert len(plan.reports("consistency")) == 8
+    assert plan.figures["figure1_mnist"].table == "table2_mnist"
+
+
+@pytest.mark.parametrize(
+    ("overlay", "message"),
+    [
+        (
+            {"tables": {"table3_mnist_seeds": {"rows_from": "table9"}}},
+            "tables.table3_mnist_seeds.rows_from: 'table9' is not a table of this config",
+        ),
+        (
+            {"tables": {"table1_smoothadv": {"rows": {"imagenet": {"sigmas": [0.25]}}}}},
+            "tables.table1_smoothadv.rows.imagenet.sigmas: 0.25 is not a group of row imagenet",
+        ),
+        (
+            {"papers": {"consistency": {"reports": ["table2_mnist", "figure9"]}}},
+            "papers.consistency.reports[1]: 'figure9' is neither a table of this config nor a "
+            "figure",
+        ),
+        (
+            {"tables": {"table7_cifar10": {"rows": {"gaussian": {"arch": "lenet_mnist"}}}}},
+            "tables.table7_cifar10.rows.gaussian.arch: only settings tables mix archs across rows",
+        ),
+    ],
+)
+def test_more_config_errors_name_the_key(overlay, message):
+    with pytest.raises(ConfigError) as err:
+        make_plan(merged(overlay))
+    assert str(err.value).startswith(message)
+
+
+def test_seed_list_and_row_seed_conflict():
+    # A row seed is fine in a table without seeds ...
+    make_plan(merged({"tables": {"table4_mnist_loss": {"rows": {"mse5": {"seed": 3}}}}}))
+    # ... but Table 3 inherits Table 2's rows and trains its own list of seeds.
+    overlay = {"tables": {"table2_mnist": {"rows": {"gaussian": {"seed": 3}}}}}
+    with pytest.raises(ConfigError, match=r"table3_mnist_seeds\.rows\.gaussian\.seed"):
+        make_plan(merged(overlay))

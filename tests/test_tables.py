@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import math
 import re
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import yaml
 
 from robustreg.tables import load_spec, render_table
 from robustreg.tables.render import METRIC_FUNCS, RULE_FUNCS, load_cells, tex_escape
-from robustreg.tables.spec import METRICS, RULES, specs_dir
+from robustreg.tables.spec import METRICS, RULES, SETTING, specs_dir
 
 HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime"
 
@@ -102,7 +104,7 @@ def test_table2_paper_values_transcribed():
 
 
 def test_registries_match_implementations():
-    assert set(METRICS) == set(METRIC_FUNCS)
+    assert set(METRICS) == set(METRIC_FUNCS) | {SETTING}
     assert set(RULES) == set(RULE_FUNCS)
 
 
@@ -388,3 +390,772 @@ def test_outputs_replaced_atomically(tmp_path):
     render(tmp_path, [{"row": "gaussian", "sigma": 0.25, "log": str(log)}])
     assert sorted(p.name for p in out.iterdir()) == ["t.md", "t.tex"]
     assert (out / "t.md").read_text() != "old"
+
+
+# ============================================================================= layouts
+# Fixture specs shaped like the supplement's Tables 1, 3, 4 and 7 (values as printed there),
+# written to a scratch specs folder: render_table(..., spec_dir=...) and load_spec(name, dir).
+
+SIGMAS = {"key": "sigma", "label": "σ", "format": "{:.2f}", "values": [0.25, 0.5, 1.0]}
+
+SETTINGS_SPEC = {  # Table 1: rows are datasets, σ per line, training settings as columns
+    "name": "t1_settings",
+    "title": "Table 1: SmoothAdv settings",
+    "caption": "Hyperparameters of the SmoothAdv models.",
+    "source": {"paper": "Jeong & Shin (2020)", "table": 1},
+    "layout": "rows_first",
+    "label_columns": ["Dataset"],
+    "group_by": SIGMAS,
+    "columns": [
+        {"key": "method", "label": "Method", "metric": "setting", "param": "attack", "decimals": 0},
+        {"key": "steps", "label": "# steps", "metric": "setting", "param": "steps", "decimals": 0},
+        {"key": "eps", "label": "ε", "metric": "setting", "param": "eps", "decimals": 3,
+         "paper_divide_by": 256},
+        {"key": "m", "label": "m", "metric": "setting", "param": "m", "decimals": 0},
+    ],
+    "rows": [
+        {"key": "cifar10", "label": "CIFAR-10",
+         "paper": {0.25: ["PGD", 10, 255, 4], 0.5: ["PGD", 10, 512, 2], 1.0: ["PGD", 10, 512, 2]}},
+        {"key": "imagenet", "label": "ImageNet", "groups": [0.5, 1.0],
+         "paper": {0.5: ["PGD", 1, 255, 1], 1.0: ["PGD", 1, 512, 1]}},
+    ],
+}  # fmt: skip
+
+SEEDS_SPEC = {  # Table 3: rows are methods, one column per σ, ACR mean ± std over seeds
+    "name": "t3_seeds",
+    "title": "Table 3: ACR over seeds",
+    "caption": "Mean and standard deviation of the ACR across seeds.",
+    "layout": "groups_as_columns",
+    "group_by": SIGMAS,
+    "columns": [
+        {"key": "acr", "label": "ACR", "metric": "acr", "decimals": 4, "aggregate": "mean_std"}
+    ],
+    "highlight": {"bold": "improves_baseline", "underline": "best_per_group"},
+    "rows": [
+        {"key": "gaussian", "label": "Gaussian",
+         "paper": {0.25: [[0.9108, 0.0003]], 0.5: [[1.5581, 0.0016]], 1.0: [[1.6184, 0.0021]]}},
+        {"key": "consistency", "label": "+ Consistency", "baseline": "gaussian",
+         "paper": {0.25: [[0.9279, 0.0003]], 0.5: [[1.6549, 0.0011]], 1.0: [[1.7376, 0.0017]]}},
+        {"key": "macer", "label": "MACER", "groups": [0.5, 1.0],
+         "paper": {0.5: [[1.5899, 0.0069]], 1.0: [[1.5950, 0.0051]]}},
+    ],
+}  # fmt: skip
+
+LOSS_SPEC = {  # Table 4: one σ (not printed), two label columns Model | λ
+    "name": "t4_loss",
+    "title": "Table 4: consistency losses",
+    "caption": "Loss functions and λ at σ = 1.00.",
+    "label_columns": ["Model", "λ"],
+    "group_by": {**SIGMAS, "values": [1.0], "show": False},
+    "columns": [
+        {"key": "acr", "label": "ACR", "metric": "acr", "decimals": 3},
+        {"key": "r0.50", "label": "0.50", "metric": "certified_accuracy", "radius": 0.5,
+         "percent": True, "decimals": 1},
+    ],
+    "highlight": {"bold": "improves_baseline", "underline": "best_acr_per_group"},
+    "rows": [
+        {"key": "gaussian", "label": ["Gaussian", "0"], "paper": {1.0: [1.620, 91.4]}},
+        *[
+            {"key": key, "label": label, "baseline": "gaussian", "paper": {1.0: paper}}
+            for key, label, paper in [
+                ("mse5", ["MSE", "5"], [1.732, 89.3]),
+                ("mse20", ["MSE", "20"], [1.677, 87.5]),
+                ("mse50", ["MSE", "50"], [1.603, 86.1]),
+                ("kl5", ["KL-divergence", "5"], [1.729, 89.9]),
+            ]
+        ],
+    ],
+}  # fmt: skip
+
+MERGE_SPEC = {  # Table 7: Stability with λ = 5, 10, 20 printed as one row
+    "name": "t7_merge",
+    "title": "Table 7: stability training on CIFAR-10",
+    "caption": "Comparison with stability training.",
+    "group_by": {**SIGMAS, "values": [0.25, 0.5]},
+    "columns": [
+        {"key": "acr", "label": "ACR", "metric": "acr", "decimals": 3},
+        {"key": "r0.00", "label": "0.00", "metric": "certified_accuracy", "radius": 0.0,
+         "percent": True, "decimals": 1},
+    ],
+    "highlight": {"bold": "improves_baseline"},
+    "rows": [
+        {"key": "gaussian", "label": "Gaussian",
+         "paper": {0.25: [0.424, 76.6], 0.5: [0.525, 65.7]}},
+        *[
+            {"key": f"stab{lam}", "label": f"Stability (λ = {lam})", "baseline": "gaussian",
+             "paper": {0.25: [0.102, 10.7], 0.5: [0.206, 10.8]}}
+            for lam in (5, 10, 20)
+        ],
+    ],
+    "merge_identical": [
+        {"rows": ["stab5", "stab10", "stab20"], "label": "Stability (λ = 5, 10, 20)"}
+    ],
+}  # fmt: skip
+
+FIXTURE_SPECS = (SETTINGS_SPEC, SEEDS_SPEC, LOSS_SPEC, MERGE_SPEC)
+
+# ACR 0.2 and 0.4 (4 images); both are 25 % / 50 % certified at r = 0.5
+ACR_02 = ([0.8, 0.0, 0.0, 0.0], [1, 0, 0, 0])
+ACR_04 = ([0.8, 0.8, 0.0, 0.0], [1, 1, 0, 0])
+
+
+def write_specs(directory: Path, *specs: dict) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for spec in specs:
+        text = yaml.safe_dump(spec, allow_unicode=True, sort_keys=False)
+        (directory / f"{spec['name']}.yaml").write_text(text)
+    return directory
+
+
+def render_fixture(tmp_path: Path, spec: dict, cells: list[dict]):
+    specs = write_specs(tmp_path / "specs", spec)
+    cells_path = write_cells(tmp_path / "cells.yaml", cells, table=spec["name"])
+    md, tex = tmp_path / "out" / "t.md", tmp_path / "out" / "t.tex"
+    frame = render_table(cells_path, md, tex, spec_dir=specs)
+    return frame, md.read_text(), tex.read_text()
+
+
+def md_table(md: str) -> list[list[str]]:
+    """Header and body rows of the Markdown table, cells stripped (alignment row dropped)."""
+    lines = [line for line in md.splitlines() if line.startswith("|")]
+    return [
+        [f.strip() for f in line.strip("|").split("|")] for i, line in enumerate(lines) if i != 1
+    ]
+
+
+def tex_table(tex: str) -> tuple[int, list[str]]:
+    """Column count of the tabular and its header and body lines (no \\multicolumn line)."""
+    n_columns = len(re.search(r"\\begin\{tabular\}\{([lr]+)\}", tex)[1])
+    body = tex.split(r"\begin{tabular}")[1]
+    lines = [ln for ln in body.splitlines() if ln.endswith(r"\\") and r"\multicolumn" not in ln]
+    return n_columns, lines
+
+
+def assert_tex_columns(tex: str, n_columns: int) -> list[str]:
+    found, lines = tex_table(tex)
+    assert found == n_columns
+    for line in lines:
+        assert len(re.findall(r"(?<!\\)&", line)) == n_columns - 1, line
+    return lines
+
+
+# ----------------------------------------------------------------------------- schema
+
+
+def test_fixture_specs_load(tmp_path):
+    directory = write_specs(tmp_path, *FIXTURE_SPECS)
+    settings = load_spec("t1_settings", directory)
+    assert settings.settings and settings.layout == "rows_first"
+    assert settings.label_columns == ("Dataset",)
+    assert settings.row("imagenet").groups == (0.5, 1.0)
+    assert settings.row("cifar10").groups is None
+    assert settings.row("imagenet").paper[0.5] == ("PGD", 1.0, 255.0, 1.0)
+    assert settings.column("eps").paper_divide_by == 256
+    seeds = load_spec("t3_seeds", directory)
+    assert seeds.row("gaussian").paper[0.25] == ((0.9108, 0.0003),)
+    assert seeds.columns[0].aggregate == "mean_std"
+    loss = load_spec("t4_loss", directory)
+    assert not loss.group.show
+    assert loss.row("mse5").label_cells == {1.0: ("MSE", "5")}
+    assert loss.row("mse5").labels == {1.0: "MSE, λ = 5"}
+    merge = load_spec("t7_merge", directory)
+    assert merge.merges[0].rows == ("stab5", "stab10", "stab20")
+    assert merge.merges[0].labels[0.5] == "Stability (λ = 5, 10, 20)"
+
+
+def _set(*path, value):
+    """An edit setting spec[path[0]][path[1]]... to ``value`` (appending at a list's end)."""
+
+    def edit(spec):
+        obj = spec
+        for key in path[:-1]:
+            obj = obj[key]
+        if isinstance(obj, list) and path[-1] == len(obj):
+            obj.append(value)
+        else:
+            obj[path[-1]] = value
+
+    return edit
+
+
+def _drop(*path):
+    def edit(spec):
+        obj = spec
+        for key in path[:-1]:
+            obj = obj[key]
+        del obj[path[-1]]
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("spec", "edit", "pattern"),
+    [
+        (SEEDS_SPEC, _set("layout", value="grid"), r"layout: unknown layout 'grid'"),
+        (
+            LOSS_SPEC,
+            _set("layout", value="groups_as_columns"),
+            r"layout: groups_as_columns needs exactly one column, got 2",
+        ),
+        (
+            SEEDS_SPEC,
+            _set("rows", 0, "label", value={0.25: "A", 0.5: "B", 1.0: "B"}),
+            r"rows\[gaussian\]\.label: layout groups_as_columns prints one label per row",
+        ),
+        (
+            SEEDS_SPEC,
+            _set("group_by", value={**SIGMAS, "values": [1.0], "show": False}),
+            r"group_by\.show: false is not possible with layout groups_as_columns",
+        ),
+        (
+            MERGE_SPEC,
+            _set("group_by", "show", value=False),
+            r"group_by\.show: false needs exactly one value",
+        ),
+        (LOSS_SPEC, _set("group_by", "show", value="no"), r"group_by\.show: expected true/false"),
+        (
+            LOSS_SPEC,
+            _set("label_columns", value="Model"),
+            r"label_columns: expected a non-empty list",
+        ),
+        (
+            LOSS_SPEC,
+            _set("label_columns", 1, value=""),
+            r"label_columns\[1\]: expected a non-empty string",
+        ),
+        (
+            LOSS_SPEC,
+            _set("rows", 1, "label", value=["MSE"]),
+            r"rows\[mse5\]\.label: expected a list of 2 strings \(label_columns: Model, λ\)",
+        ),
+        (
+            LOSS_SPEC,
+            _set("rows", 1, "label", value="MSE"),
+            r"rows\[mse5\]\.label: expected a list of 2",
+        ),
+        (
+            LOSS_SPEC,
+            _set("rows", 1, "label", value=["MSE", 5]),
+            r"rows\[mse5\]\.label\[1\]: expected a non-empty string",
+        ),
+        (
+            SETTINGS_SPEC,
+            _set("rows", 1, "groups", value=[0.5, 0.75]),
+            r"rows\[imagenet\]\.groups: unknown sigma 0\.75",
+        ),
+        (
+            SETTINGS_SPEC,
+            _set("rows", 1, "groups", value=[0.5, 0.5]),
+            r"rows\[imagenet\]\.groups: duplicate sigma",
+        ),
+        (
+            SETTINGS_SPEC,
+            _set("rows", 1, "paper", 0.25, value=["PGD", 1, 255, 1]),
+            r"rows\[imagenet\]\.paper: sigma 0\.25 is not one of the row's groups",
+        ),
+        (
+            SETTINGS_SPEC,
+            _set("rows", 1, "label", value={0.25: "I", 0.5: "I", 1.0: "I"}),
+            r"rows\[imagenet\]\.label: sigma 0\.25 is not one of the row's groups",
+        ),
+        (
+            SEEDS_SPEC,
+            _set("columns", 0, "aggregate", value="median"),
+            r"columns\[0\]\.aggregate: unknown aggregate 'median'",
+        ),
+        (
+            SEEDS_SPEC,
+            _set("rows", 0, "paper", 0.25, value=[0.9108]),
+            r"rows\[gaussian\]\.paper\[0\.25\]\[0\]: expected \[mean, std\]",
+        ),
+        (
+            SETTINGS_SPEC,
+            _drop("columns", 1, "param"),
+            r"columns\[1\]: metric 'setting' needs key 'param'",
+        ),
+        (
+            LOSS_SPEC,
+            _set("columns", 0, "param", value="lr"),
+            r"columns\[0\]\.param: only applies to metric 'setting'",
+        ),
+        (
+            SETTINGS_SPEC,
+            _set("columns", 0, "radius", value=0.5),
+            r"columns\[0\]\.radius: only applies to metric 'certified_accuracy'",
+        ),
+        (
+            LOSS_SPEC,
+            _set("columns", 0, "paper_divide_by", value=2),
+            r"columns\[0\]\.paper_divide_by: only applies to metric 'setting'",
+        ),
+        (
+            SETTINGS_SPEC,
+            _set("columns", 2, "paper_divide_by", value=0),
+            r"columns\[2\]\.paper_divide_by: expected a positive number",
+        ),
+        (
+            SETTINGS_SPEC,
+            _set("columns", 1, "percent", value=True),
+            r"columns\[1\]\.percent: does not apply to metric 'setting'",
+        ),
+        (
+            SETTINGS_SPEC,
+            _set("columns", 1, "aggregate", value="mean_std"),
+            r"columns\[1\]\.aggregate: does not apply to metric 'setting'",
+        ),
+        (
+            SETTINGS_SPEC,
+            _set(
+                "columns", 1, value={"key": "acr", "label": "ACR", "metric": "acr", "decimals": 3}
+            ),
+            r"columns\[1\]\.metric: a table's columns are either all 'setting' or none",
+        ),
+        (
+            SETTINGS_SPEC,
+            _set("highlight", value={"bold": "best_per_group"}),
+            r"highlight: rules do not apply to 'setting' columns",
+        ),
+        (
+            SETTINGS_SPEC,
+            _set("rows", 0, "paper", 0.25, value=["PGD", 10, "255", 4]),
+            r"rows\[cifar10\]\.paper\[0\.25\]\[2\]: expected a finite number",
+        ),
+        (
+            SETTINGS_SPEC,
+            _set("rows", 0, "paper", 0.25, value=["PGD", True, 255, 4]),
+            r"rows\[cifar10\]\.paper\[0\.25\]\[1\]: expected a number or string",
+        ),
+        (
+            MERGE_SPEC,
+            _set("merge_identical", value={"rows": ["stab5"]}),
+            r"merge_identical: expected a list",
+        ),
+        (
+            MERGE_SPEC,
+            _set("merge_identical", 0, "rows", value=["stab5"]),
+            r"merge_identical\[0\]\.rows: expected a list of two or more row keys",
+        ),
+        (
+            MERGE_SPEC,
+            _set("merge_identical", 0, "rows", value=["stab5", "stab50"]),
+            r"merge_identical\[0\]\.rows: unknown row 'stab50'",
+        ),
+        (
+            MERGE_SPEC,
+            _set("merge_identical", 1, value={"rows": ["stab20", "gaussian"], "label": "X"}),
+            r"merge_identical\[1\]\.rows: row 'stab20' is already merged",
+        ),
+        (
+            MERGE_SPEC,
+            _set("rows", 2, "paper", 0.5, value=[0.206, 10.9]),
+            r"merge_identical\[0\]\.rows: paper values of 'stab5' and 'stab10' differ at sigma "
+            r"0\.50",
+        ),
+        (
+            MERGE_SPEC,
+            lambda s: s["rows"][3].update(groups=[0.5], paper={0.5: [0.206, 10.8]}),
+            r"merge_identical\[0\]\.rows: rows 'stab5' and 'stab20' have different groups",
+        ),
+        (
+            MERGE_SPEC,
+            _drop("merge_identical", 0, "label"),
+            r"merge_identical\[0\]: missing key 'label'",
+        ),
+        (
+            MERGE_SPEC,
+            _set("merge_identical", 0, "label", value={0.25: "S"}),
+            r"merge_identical\[0\]\.label: no entry for sigma 0\.5",
+        ),
+        (
+            MERGE_SPEC,
+            _set("kind", value="chart"),
+            r"kind: expected 'table' or 'figure', got 'chart'",
+        ),
+        (
+            MERGE_SPEC,
+            _set("kind", value="figure"),
+            r"kind: a figure spec, not a table; .*load_figure_spec",
+        ),
+    ],
+)
+def test_new_spec_keys_one_line_errors(tmp_path, spec, edit, pattern):
+    spec = copy.deepcopy(spec)
+    edit(spec)
+    directory = write_specs(tmp_path, spec)
+    with pytest.raises(ValueError) as err:
+        load_spec(spec["name"], directory)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"{directory / (spec['name'] + '.yaml')}: ")
+    assert re.search(pattern, message), message
+
+
+# ----------------------------------------------------------------------------- cells files
+
+
+@pytest.mark.parametrize(
+    ("spec", "cell", "pattern"),
+    [
+        (
+            MERGE_SPEC,
+            {"row": "gaussian", "sigma": 0.25, "log": ["a.tsv", "b.tsv"]},
+            r"cells\[0\]: log: a list of logs \(one per seed\) needs aggregate: mean_std on every "
+            r"column; column 'acr' has none",
+        ),
+        (
+            SEEDS_SPEC,
+            {"row": "gaussian", "sigma": 0.25, "log": []},
+            r"cells\[0\]: log: expected a non-empty list of paths",
+        ),
+        (
+            SEEDS_SPEC,
+            {"row": "gaussian", "sigma": 0.25, "log": ["a.tsv", 3]},
+            r"cells\[0\]: log: expected a path, got 3",
+        ),
+        (
+            SEEDS_SPEC,
+            {"row": "macer", "sigma": 0.25, "log": "a.tsv"},
+            r"cells\[0\]: row 'macer' has no sigma 0\.25 in table t3_seeds "
+            r"\(its sigma: 0\.50, 1\.00\)",
+        ),
+        (
+            SETTINGS_SPEC,
+            {"row": "cifar10", "sigma": 0.25, "settings": {"attack": "PGD", "steps": 10, "m": 4}},
+            r"cells\[0\]: settings: no 'eps' \(shown in column 'eps'\)",
+        ),
+        (
+            SETTINGS_SPEC,
+            {
+                "row": "cifar10",
+                "sigma": 0.25,
+                "settings": {"attack": "PGD", "steps": True, "eps": 1.0, "m": 4},
+            },
+            r"cells\[0\]: settings\.steps: expected a number or string",
+        ),
+        (
+            SETTINGS_SPEC,
+            {"row": "cifar10", "sigma": 0.25, "settings": ["PGD"]},
+            r"cells\[0\]: settings: expected a mapping",
+        ),
+        (
+            SETTINGS_SPEC,
+            {"row": "cifar10", "sigma": 0.25, "log": "a.tsv"},
+            r"cells\[0\]: unknown key 'log' \(expected row, sigma, settings, experiment\)",
+        ),
+        (
+            SETTINGS_SPEC,
+            {"row": "cifar10", "sigma": 0.25, "experiment": "x"},
+            r"cells\[0\]: missing key 'settings'",
+        ),
+        (
+            SETTINGS_SPEC,
+            {
+                "row": "cifar10",
+                "sigma": 0.25,
+                "experiment": 7,
+                "settings": {"attack": "PGD", "steps": 10, "eps": 1.0, "m": 4},
+            },
+            r"cells\[0\]: experiment: expected an experiment id",
+        ),
+    ],
+)
+def test_new_cells_keys_one_line_errors(tmp_path, spec, cell, pattern):
+    specs = write_specs(tmp_path / "specs", spec)
+    cells_path = write_cells(tmp_path / "cells.yaml", [cell], table=spec["name"])
+    with pytest.raises(ValueError) as err:
+        load_cells(cells_path, specs)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"{cells_path}: ")
+    assert re.search(pattern, message), message
+
+
+def test_cells_file_finds_its_spec_in_spec_dir(tmp_path):
+    cells_path = write_cells(tmp_path / "cells.yaml", [], table="t4_loss")
+    with pytest.raises(ValueError, match=r"table: unknown table spec 't4_loss'"):
+        load_cells(cells_path)  # not in the package's specs folder
+    cells = load_cells(cells_path, write_specs(tmp_path / "specs", LOSS_SPEC))
+    assert cells.spec.name == "t4_loss" and cells.cells == ()
+
+
+# ----------------------------------------------------------------------------- Table 1
+
+
+def test_rows_first_settings_table(tmp_path):
+    settings = {"attack": "PGD", "steps": 10, "eps": 255 / 256, "m": 4, "lr": 0.1}
+    imagenet = {**settings, "steps": 1, "eps": 2, "m": 1}
+    frame, md, tex = render_fixture(
+        tmp_path,
+        SETTINGS_SPEC,
+        [
+            {"row": "cifar10", "sigma": 0.25, "settings": settings,
+             "experiment": "cifar10-cifar_resnet110-smoothadv-s0.25-abc123"},
+            {"row": "imagenet", "sigma": 1.0, "settings": imagenet},
+        ],
+    )  # fmt: skip
+    table = md_table(md)
+    assert table[0] == ["Dataset", "σ — ours (paper)", "Method", "# steps", "ε", "m"]
+    assert table[1] == ["CIFAR-10", "0.25", "PGD (PGD)", "10 (10)", "0.996 (0.996 = 255/256)",
+                        "4 (4)"]  # fmt: skip
+    assert table[2] == ["", "0.50", "– (PGD)", "– (10)", "– (2.000 = 512/256)", "– (2)"]
+    assert table[3][:2] == ["", "1.00"]
+    # ImageNet exists at σ = 0.50 and 1.00 only: two lines, the dataset printed once
+    assert table[4] == ["ImageNet", "0.50", "– (PGD)", "– (1)", "– (0.996 = 255/256)", "– (1)"]
+    assert table[5] == ["", "1.00", "PGD (PGD)", "1 (1)", "2.000 (2.000 = 512/256)", "1 (1)"]
+    assert len(table) == 6
+    assert "ε: the paper prints ε × 256; its values are shown divided by 256" in md
+    assert "- CIFAR-10, σ = 0.25: `cifar10-cifar_resnet110-smoothadv-s0.25-abc123`" in md
+    assert "- ImageNet, σ = 1.00: no experiment named" in md
+    assert "training settings" in md.splitlines()[0]
+
+    lines = assert_tex_columns(tex, 6)
+    assert lines[0] == r"Dataset & $\sigma$ & Method & \# steps & $\varepsilon$ & m \\"
+    assert lines[1].startswith(r"\multirow{3}{*}{CIFAR-10} & 0.25 & PGD~{\scriptsize(PGD)} & ")
+    assert r"0.996~{\scriptsize(0.996 = 255/256)}" in lines[1]
+    assert lines[4].startswith(r"\multirow{2}{*}{ImageNet} & 0.50 & ")
+    assert tex.count(r"\midrule") == 2
+    assert r"$\varepsilon$: the paper prints $\varepsilon$ $\times$ 256" in tex
+
+    eps = frame[frame.column == "eps"].set_index(["row", "group"])
+    assert eps.loc[("cifar10", 0.25), "paper"] == pytest.approx(255 / 256)
+    assert eps.loc[("cifar10", 0.25), "ours"] == pytest.approx(255 / 256)
+    assert frame[(frame.column == "method") & frame.ours.notna()].ours.tolist() == ["PGD", "PGD"]
+    assert len(frame) == 4 * (3 + 2)  # no records for ImageNet at σ = 0.25
+    assert not frame.bold.any() and not frame.underline.any()
+
+
+# ----------------------------------------------------------------------------- Table 3
+
+
+def test_groups_as_columns_mean_std_over_seeds(tmp_path):
+    a = str(write_log(tmp_path / "s0.tsv", *ACR_02))
+    b = str(write_log(tmp_path / "s1.tsv", *ACR_04))
+    frame, md, tex = render_fixture(
+        tmp_path,
+        SEEDS_SPEC,
+        [
+            {"row": "gaussian", "sigma": 0.25, "log": [a, b]},
+            {"row": "consistency", "sigma": 0.25, "log": [b]},  # one seed in a list
+            {"row": "macer", "sigma": 1.0, "log": a},  # one seed as a plain path
+        ],
+    )
+    assert value(frame, "gaussian", 0.25, "acr") == pytest.approx(0.3)
+    assert value(frame, "gaussian", 0.25, "acr", "ours_std") == pytest.approx(0.1414, abs=1e-4)
+    assert math.isnan(value(frame, "consistency", 0.25, "acr", "ours_std"))
+    assert value(frame, "gaussian", 0.5, "acr", "paper") == 1.5581
+    assert value(frame, "gaussian", 0.5, "acr", "paper_std") == 0.0016
+
+    table = md_table(md)
+    assert table[0] == ["Method — ACR, ours (paper)", "σ = 0.25", "σ = 0.50", "σ = 1.00"]
+    assert table[1] == ["Gaussian", "0.3000 ± 0.1414 (0.9108 ± 0.0003)",
+                        "– (1.5581 ± 0.0016)", "– (1.6184 ± 0.0021)"]  # fmt: skip
+    # 0.4 > 0.3: bold (beats its baseline), underlined (best per σ)
+    assert table[2][1] == "**<u>0.4000 ± –</u>** (0.9279 ± 0.0003)"
+    # MACER does not exist at σ = 0.25: an empty cell, not a missing value
+    assert table[3] == ["MACER", "", "– (1.5899 ± 0.0069)", "<u>0.2000 ± –</u> (1.5950 ± 0.0051)"]
+    assert "An empty cell: the row has no such σ." in md
+    assert "- Gaussian, σ = 0.25: `" + a + "`, `" + b + "`" in md
+
+    lines = assert_tex_columns(tex, 4)
+    assert r" & \multicolumn{3}{c}{ACR} \\" in tex and r"\cmidrule(lr){2-4}" in tex
+    assert lines[0] == r"Method & $\sigma$ = 0.25 & $\sigma$ = 0.50 & $\sigma$ = 1.00 \\"
+    assert lines[1].startswith(r"Gaussian & 0.3000 $\pm$ 0.1414~{\scriptsize(0.9108 $\pm$ 0.0003)}")
+    assert r"\underline{\textbf{0.4000 $\pm$ --}}" in lines[2]
+    assert lines[3].startswith("MACER &  & ")
+
+
+def test_rules_compare_means_not_seeds(tmp_path):
+    low = str(write_log(tmp_path / "low.tsv", *ACR_02))
+    high = str(write_log(tmp_path / "high.tsv", *ACR_04))
+    frame, md, _ = render_fixture(
+        tmp_path,
+        SEEDS_SPEC,
+        [
+            # baseline mean 0.3; consistency has the best single seed but mean 0.2667
+            {"row": "gaussian", "sigma": 0.5, "log": [low, high]},
+            {"row": "consistency", "sigma": 0.5, "log": [high, low, low]},
+            {"row": "macer", "sigma": 0.5, "log": [high, high]},
+        ],
+    )
+    assert value(frame, "consistency", 0.5, "acr") == pytest.approx(0.8 / 3)
+    assert not value(frame, "consistency", 0.5, "acr", "bold")
+    under = frame[frame.underline]
+    assert list(zip(under.row, under.group, strict=True)) == [("macer", 0.5)]
+    assert md_table(md)[2][2] == "0.2667 ± 0.1155 (1.6549 ± 0.0011)"
+    assert md_table(md)[3][2] == "<u>0.4000 ± 0.0000</u> (1.5899 ± 0.0069)"
+
+
+# ----------------------------------------------------------------------------- Table 4
+
+
+def test_label_columns_print_repeats_once_and_hidden_group(tmp_path):
+    a = str(write_log(tmp_path / "a.tsv", *LOG_A))
+    b = str(write_log(tmp_path / "b.tsv", *LOG_B))
+    frame, md, tex = render_fixture(
+        tmp_path,
+        LOSS_SPEC,
+        [{"row": "gaussian", "sigma": 1.0, "log": a}, {"row": "mse20", "sigma": 1.0, "log": b}],
+    )
+    table = md_table(md)
+    assert table[0] == ["Model", "λ — ours (paper)", "ACR", "0.50"]
+    assert [r[:2] for r in table[1:]] == [
+        ["Gaussian", "0"], ["MSE", "5"], ["", "20"], ["", "50"], ["KL-divergence", "5"],
+    ]  # fmt: skip
+    assert table[3][2:] == ["**<u>0.375</u>** (1.677)", "25.0 (87.5)"]
+    assert "- MSE, λ = 20, σ = 1.00: `" in md
+
+    lines = assert_tex_columns(tex, 4)
+    assert lines[0] == r"Model & $\lambda$ & ACR & 0.50 \\"
+    assert lines[1].startswith(r"Gaussian & 0 & 0.225")
+    assert lines[2].startswith(r"\multirow{3}{*}{MSE} & 5 & --")
+    assert lines[3].startswith(r" & 20 & \underline{\textbf{0.375}}")
+    assert lines[5].startswith(r"KL-divergence & 5 & ")
+    assert tex.count(r"\midrule") == 1  # one block: under the header only
+    assert "1.00" not in "".join(lines)
+    assert set(frame.group) == {1.0}
+
+
+# ----------------------------------------------------------------------------- Table 7
+
+
+def test_merge_identical_rows_print_as_one(tmp_path):
+    a = str(write_log(tmp_path / "a.tsv", *LOG_A))
+    b = str(write_log(tmp_path / "b.tsv", *LOG_B))
+    cells = [{"row": "gaussian", "sigma": 0.25, "log": b}]
+    cells += [{"row": f"stab{lam}", "sigma": 0.25, "log": a} for lam in (5, 10, 20)]
+    # at σ = 0.50 none of the members has a value: identical too
+    frame, md, tex = render_fixture(tmp_path, MERGE_SPEC, cells)
+    table = md_table(md)
+    assert [r[1] for r in table[1:]] == [
+        "Gaussian", "Stability (λ = 5, 10, 20)", "Gaussian", "Stability (λ = 5, 10, 20)",
+    ]  # fmt: skip
+    assert table[2][2:] == ["0.225 (0.102)", "50.0 (10.7)"]
+    assert table[4][2:] == ["– (0.206)", "– (10.8)"]
+    assert "prints" not in md.split("|:--")[1].split("Our values")[0]
+    lines = assert_tex_columns(tex, 4)
+    assert r" & Stability ($\lambda$ = 5, 10, 20) & 0.225~{\scriptsize(0.102)}" in tex
+    assert lines[1].startswith(r"\multirow{2}{*}{0.25} & Gaussian")
+    # the frame keeps the members apart
+    assert set(frame.row) == {"gaussian", "stab5", "stab10", "stab20"}
+
+
+def test_merge_identical_highlights_of_first_member(tmp_path):
+    a = str(write_log(tmp_path / "a.tsv", *LOG_A))
+    b = str(write_log(tmp_path / "b.tsv", *LOG_B))
+    cells = [{"row": "gaussian", "sigma": 0.5, "log": a}]
+    cells += [{"row": f"stab{lam}", "sigma": 0.5, "log": b} for lam in (5, 10, 20)]
+    _, md, _ = render_fixture(tmp_path, MERGE_SPEC, cells)
+    (merged,) = [
+        r for r in md_table(md) if r[1] == "Stability (λ = 5, 10, 20)" and r[2] != "– (0.102)"
+    ]
+    assert merged[2:] == ["**0.375** (0.206)", "50.0 (10.8)"]
+
+
+def test_merge_identical_rows_that_differ_print_apart_with_a_note(tmp_path):
+    a = str(write_log(tmp_path / "a.tsv", *LOG_A))
+    b = str(write_log(tmp_path / "b.tsv", *LOG_B))
+    cells = [{"row": f"stab{lam}", "sigma": 0.25, "log": a} for lam in (5, 10, 20)]
+    cells += [
+        {"row": "stab5", "sigma": 0.5, "log": a},
+        {"row": "stab10", "sigma": 0.5, "log": b},  # differs in ACR
+        {"row": "stab20", "sigma": 0.5, "log": a},
+    ]
+    _, md, tex = render_fixture(tmp_path, MERGE_SPEC, cells)
+    table = md_table(md)
+    assert [r[1] for r in table[1:]] == [
+        "Gaussian", "Stability (λ = 5, 10, 20)",
+        "Gaussian", "Stability (λ = 5)", "Stability (λ = 10)", "Stability (λ = 20)",
+    ]  # fmt: skip
+    # each member beside the paper's merged values
+    assert [r[2] for r in table[4:]] == ["0.225 (0.206)", "0.375 (0.206)", "0.225 (0.206)"]
+    note = (
+        "The paper prints Stability (λ = 5), Stability (λ = 10) and Stability (λ = 20) as one "
+        "row, “Stability (λ = 5, 10, 20)”, since its values coincide; ours differ at σ = 0.50, "
+        "so they are shown separately"
+    )
+    assert note in md
+    assert "ours differ at $\\sigma$ = 0.50" in tex
+    assert_tex_columns(tex, 4)
+    assert r"\multirow{4}{*}{0.50}" in tex
+
+
+def test_missing_cells_in_new_layouts_are_missing(tmp_path):
+    _, md, tex = render_fixture(tmp_path, SEEDS_SPEC, [])
+    assert md_table(md)[1][1:] == [
+        "– (0.9108 ± 0.0003)", "– (1.5581 ± 0.0016)", "– (1.6184 ± 0.0021)",
+    ]  # fmt: skip
+    assert "- none" in md
+    assert r"--~{\scriptsize(0.9108 $\pm$ 0.0003)}" in tex
+
+
+# ----------------------------------------------------------- the shipped consistency specs
+
+CONSISTENCY_TABLES = [
+    "table2_mnist",
+    "table3_mnist_seeds",
+    "table4_mnist_loss",
+    "table5_mnist_m",
+    "table6_mnist_lambda",
+    "table7_cifar10",
+]
+
+
+def fixture_cells(tmp_path: Path, table: str, seeds: int = 1) -> list[dict]:
+    """One fixture log (4 images, LOG_A / LOG_B alternating) per cell of a shipped spec."""
+    spec = load_spec(table)
+    cells = []
+    for group in spec.group.values:
+        for i, row in enumerate(spec.rows):
+            if row.groups is not None and group not in row.groups:
+                continue
+            logs = [
+                str(
+                    write_log(tmp_path / f"{row.key}-{group}-{s}.tsv", *(LOG_A, LOG_B)[(i + s) % 2])
+                )
+                for s in range(seeds)
+            ]
+            cells.append({"row": row.key, "sigma": group, "log": logs if seeds > 1 else logs[0]})
+    return cells
+
+
+@pytest.mark.parametrize("table", CONSISTENCY_TABLES)
+def test_shipped_specs_render_from_fixture_logs_without_training(tmp_path, table):
+    seeds = 2 if table == "table3_mnist_seeds" else 1
+    cells_path = write_cells(
+        tmp_path / "cells.yaml", fixture_cells(tmp_path, table, seeds), table=table
+    )
+    frame = render_table(cells_path, tmp_path / "t.md", tmp_path / "t.tex")
+    assert frame["ours"].notna().all()
+    assert frame["paper"].notna().all()
+    assert (tmp_path / "t.md").read_text().count("(") > len(frame) - 1
+
+
+def test_table3_paper_values_are_mean_std_pairs():
+    spec = load_spec("table3_mnist_seeds")
+    assert spec.row("consistency").paper[0.5] == ((1.6549, 0.0011),)
+    assert spec.row("macer").paper[1.0] == ((1.5950, 0.0051),)
+
+
+def test_table7_collapsed_stability_rows_render_as_the_paper_prints_them(tmp_path):
+    """Our three collapsed Stability models certify identically: one merged row, as printed."""
+    cells = []
+    for group in (0.25, 0.5, 1.0):
+        for row in ("gaussian", "consistency", "stability1", "stability2"):
+            cells.append({"row": row, "sigma": group, "log": str(write_log(
+                tmp_path / f"{row}-{group}.tsv", *LOG_A))})  # fmt: skip
+        # a constant classifier: class 0 everywhere, certified at the radius cap
+        collapsed = write_log(tmp_path / f"collapsed-{group}.tsv", [0.953, 0, 0, 0], [1, 0, 0, 0])
+        for row in ("stability5", "stability10", "stability20"):
+            cells.append({"row": row, "sigma": group, "log": str(collapsed)})
+    # ... except at sigma = 1.00, where our lambda = 5 model did not collapse.
+    cells[-3]["log"] = str(write_log(tmp_path / "alive.tsv", *LOG_B))
+    cells_path = write_cells(tmp_path / "cells.yaml", cells, table="table7_cifar10")
+    render_table(cells_path, tmp_path / "t.md", tmp_path / "t.tex")
+    md = (tmp_path / "t.md").read_text()
+    merged = [
+        line for line in md.splitlines() if line.startswith("|") and "(λ = 5, 10, 20)" in line
+    ]
+    assert len(merged) == 2  # sigma 0.25 and 0.50 (the note names sigma = 1.00 instead)
+    assert "25.0 (10.7)" in merged[0] and "25.0 (10.8)" in merged[1]
+    assert md.count("| Stability (λ = 10) |") == 1
+    assert "ours differ at σ = 1.00" in md

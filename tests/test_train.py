@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import same_weights, train_killed_then_resumed
 
 from robustreg.cli import main
 from robustreg.data import DataUnavailable, load_split, prepare_mnist, save_split
@@ -60,38 +61,39 @@ def test_training_writes_a_loadable_model_and_history(tmp_path, synthetic_split)
 def test_same_seed_same_weights(tmp_path, synthetic_split):
     a = train(experiment(), synthetic_split, tmp_path / "a", progress=False)
     b = train(experiment(), synthetic_split, tmp_path / "b", progress=False)
-    wa = torch.load(a, weights_only=True)["state_dict"]
-    wb = torch.load(b, weights_only=True)["state_dict"]
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert same_weights(a, b)
 
 
 def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, synthetic_split, monkeypatch):
     full = train(experiment(epochs=3), synthetic_split, tmp_path / "full", progress=False)
-
-    import robustreg.train as train_module
-
-    save = train_module.atomic_save
-
-    def killed_after_first_epoch(obj, path):
-        save(obj, path)
-        if path.name == "checkpoint.pt":
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "atomic_save", killed_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(experiment(epochs=3), synthetic_split, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(train_module, "atomic_save", save)
-    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["epoch"] == 0
-    resumed = train(experiment(epochs=3), synthetic_split, tmp_path / "resumed", progress=False)
-    wa = torch.load(full, weights_only=True)["state_dict"]
-    wb = torch.load(resumed, weights_only=True)["state_dict"]
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    resumed = train_killed_then_resumed(
+        experiment(epochs=3), synthetic_split, tmp_path / "resumed", monkeypatch
+    )
+    assert same_weights(full, resumed)
 
 
 def test_nan_loss_stops_with_a_clear_message_and_no_model(tmp_path, synthetic_split):
     with pytest.raises(TrainingDiverged, match="loss became"):
         train(experiment(lr=1e30), synthetic_split, tmp_path / "nan", progress=False)
     assert not (tmp_path / "nan" / "model.pt").exists()
+
+
+def test_non_finite_weights_behind_a_finite_loss_stop_training(
+    tmp_path, synthetic_split, monkeypatch
+):
+    step, calls = torch.optim.SGD.step, []
+
+    def poisoned_last_step(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:  # the epoch's last step (40 images, batch 16): no loss sees it
+            self.param_groups[0]["params"][0].data.fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.optim.SGD, "step", poisoned_last_step)
+    with pytest.raises(TrainingDiverged, match=r"became non-finite in epoch 1/2"):
+        train(experiment(), synthetic_split, tmp_path / "inf", progress=False)
+    assert not (tmp_path / "inf" / "model.pt").exists()
 
 
 def test_cli_reports_divergence_with_exit_status_3(tmp_path, synthetic_split, capsys):

@@ -22,6 +22,36 @@ def test_dry_run_plans_18_trainings_and_18_certifications(workdir):
     assert jobs == {"dataset": 1, "train": 18, "certify": 18, "table_cells": 1, "table": 1}
 
 
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("reports/table1_smoothadv.md", {"table_cells": 1, "table": 1}),
+        ("reports/table3_mnist_seeds.md", {"dataset": 1, "train": 90, "certify": 90}),
+        ("reports/table4_mnist_loss.md", {"dataset": 1, "train": 9, "certify": 9}),
+        ("reports/table5_mnist_m.md", {"dataset": 1, "train": 9, "certify": 9}),
+        ("reports/table6_mnist_lambda.md", {"dataset": 1, "train": 9, "certify": 9}),
+        ("reports/table7_cifar10.md", {"dataset": 1, "train": 21, "certify": 21}),
+        ("reports/figure1_mnist.md", {"dataset": 1, "train": 18, "certify": 18, "figure": 1}),
+    ],
+)
+def test_dry_run_of_each_table_plans_its_jobs(workdir, target, expected):
+    jobs = planned_jobs(workdir, target)
+    if "figure" not in expected and "table" not in expected:
+        expected = expected | {"table_cells": 1, "table": 1}
+    if "figure" in expected:
+        expected = expected | {"table_cells": 1}
+    assert jobs == expected
+
+
+def test_all_consistency_tables_train_each_distinct_config_once(workdir):
+    jobs = planned_jobs(workdir, "reports/consistency.md")
+    # 130 distinct configs (counted by hand in test_plan.py) for 18 + 90 + 9 + 9 + 9 + 21 cells.
+    assert jobs["train"] == 130
+    assert jobs["certify"] == 130
+    assert jobs["dataset"] == 2
+    assert (jobs["table"], jobs["figure"], jobs["paper"]) == (7, 1, 1)
+
+
 def test_two_tables_asking_for_the_same_models_share_them(workdir):
     config = yaml.safe_load((workdir / "config.yaml").read_text())
     twin = config["tables"]["table2_mnist"] | {"spec": "table2_mnist"}
@@ -71,8 +101,33 @@ def test_no_network_and_no_files_stops_before_training_naming_both_remedies(work
 @pytest.fixture(scope="module")
 def micro_run(tmp_path_factory) -> Path:
     workdir = workflow_copy(tmp_path_factory.mktemp("micro"))
-    snakemake(workdir, "--cores", "2", TARGET, "--configfile", "micro.yaml")
+    snakemake(workdir, "--cores", "2", "reports/consistency.md", "--configfile", "micro.yaml")
     return workdir
+
+
+@pytest.mark.slow
+def test_micro_run_renders_every_consistency_report(micro_run):
+    reports = micro_run / "reports"
+    index = (reports / "consistency.md").read_text()
+    for name in (
+        "table1_smoothadv",
+        "table2_mnist",
+        "table3_mnist_seeds",
+        "table4_mnist_loss",
+        "table5_mnist_m",
+        "table6_mnist_lambda",
+        "table7_cifar10",
+        "figure1_mnist",
+    ):
+        assert (reports / f"{name}.md").is_file() and (reports / f"{name}.tex").is_file()
+        assert f"]({name}.md)" in index
+    assert (reports / "figures" / "figure1_mnist.png").stat().st_size > 0
+    assert (reports / "figures" / "figure1_mnist.pdf").stat().st_size > 0
+    table7 = (reports / "table7_cifar10.md").read_text()
+    assert "synthetic CIFAR10-shaped dataset (NOT CIFAR10 images)" in table7
+    assert " ± " in (reports / "table3_mnist_seeds.md").read_text()
+    table1 = (reports / "table1_smoothadv.md").read_text()
+    assert "PGD" in table1 and "0.996" in table1
 
 
 @pytest.mark.slow

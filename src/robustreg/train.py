@@ -1,15 +1,15 @@
 """The one training loop: every method trains through ``train`` with its objective.
 
-It owns what the papers share (Jeong & Shin 2020, supp. A.1): SGD with Nesterov
+It owns what the papers share (Jeong & Shin 2020, supp. A.1, A.2): SGD with Nesterov
 momentum 0.9 without dampening, weight decay, step decay of the learning rate at
-fixed epochs; plus what a long job needs: explicit seeds, a checkpoint every epoch
-written atomically, resume from it, a clear stop when the loss becomes NaN.
+fixed epochs, the dataset's augmentation; plus what a long job needs: explicit seeds, a
+checkpoint every epoch written atomically, resume from it, a clear stop when the loss
+becomes NaN.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from robustreg.data import load_split
+from robustreg.data import augment_batch, load_split
 from robustreg.io import atomic_path
 from robustreg.models import create_model
 from robustreg.objectives import StepContext, build_objective
@@ -62,6 +62,7 @@ def train(
     objective = build_objective(config["method"], config["sigma"], config["params"])
     x_all, y_all = load_split(train_split, limit=config["data"].get("train_limit"))
     x_all, y_all = x_all.to(device), y_all.to(device)
+    augment = config["data"].get("augment", "none")
 
     torch.manual_seed(config["seed"])
     model = create_model(config["arch"], config["num_classes"]).to(device)
@@ -115,7 +116,7 @@ def train(
             for chunk in batch.tensor_split(objective.batch_split):
                 if len(chunk) == 0:
                     continue
-                x = x_all[chunk]
+                x = augment_batch(x_all[chunk], augment)
                 if device.type == "cpu":
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -131,6 +132,14 @@ def train(
                 steps += 1
                 for key, value in logs.items():
                     totals[key] = totals.get(key, 0.0) + value
+        # A finite loss can still leave non-finite weights or batch-norm statistics behind
+        # (the last step's update); such a model could never be certified.
+        bad = next((k for k, v in model.state_dict().items() if not _finite(v)), None)
+        if bad is not None:
+            raise TrainingDiverged(
+                f"{bad} became non-finite in epoch {epoch + 1}/{epochs} "
+                f"({config['method']}, sigma={config['sigma']})"
+            )
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "steps": steps}
         row |= {key: value / max(steps, 1) for key, value in totals.items()}
         row["seconds"] = time.perf_counter() - started
@@ -171,6 +180,10 @@ def train(
     return model_path
 
 
+def _finite(tensor: torch.Tensor) -> bool:
+    return not tensor.is_floating_point() or bool(torch.isfinite(tensor).all())
+
+
 def load_model(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]:
     """A trained model in eval mode and its experiment config; a clear error for anything else."""
     try:
@@ -189,6 +202,6 @@ def load_model(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
         raise ValueError(f"{path}: weights do not fit architecture {ckpt['arch']!r}") from err
-    if not all(math.isfinite(v.float().abs().max().item()) for v in ckpt["state_dict"].values()):
+    if not all(_finite(v) for v in ckpt["state_dict"].values()):
         raise ValueError(f"{path}: checkpoint holds non-finite weights")
     return model.to(device).eval(), json.loads(ckpt["config"])

@@ -11,8 +11,21 @@ def certification(wildcards):
     return PLAN.certifications[f"{wildcards.exp}/{wildcards.cert}"]
 
 
+def certify_logs(table):
+    return [
+        f"results/certify/{cert}/certify.tsv"
+        for cell in PLAN.tables[table].cells
+        for cert in cell.certifications
+    ]
+
+
 def table_logs(wildcards):
-    return [f"results/certify/{cell.certification}/certify.tsv" for cell in PLAN.tables[wildcards.table].cells]
+    return certify_logs(wildcards.table)
+
+
+def figure_inputs(wildcards):
+    table = PLAN.figures[wildcards.figure].table
+    return {"cells": f"results/tables/{table}.cells.yaml", "logs": certify_logs(table)}
 
 
 def dataset_args(wildcards):
@@ -20,7 +33,13 @@ def dataset_args(wildcards):
     args = ["--dataset", d["name"], "--source", d["source"], "--download-root", config["data"]["download_root"]]
     if d["files"]:
         args += ["--files", d["files"]]
-    return args + ["--test-size", str(d["test_size"]), "--split-seed", str(d["split_seed"])]
+    if d["name"] == "mnist":
+        args += ["--test-size", str(d["test_size"]), "--split-seed", str(d["split_seed"])]
+    if d["source"] == "synthetic":
+        synthetic = d["synthetic"]
+        args += ["--synthetic-train", str(synthetic["train"]), "--synthetic-test", str(synthetic["test"])]
+        args += ["--split-seed", str(synthetic["seed"])]
+    return args
 
 
 def certify_args(wildcards):
@@ -30,3 +49,8 @@ def certify_args(wildcards):
     if c["max_images"]:
         args += ["--max-images", c["max_images"]]
     return [str(a) for a in args]
+
+
+def names_pattern(names):
+    """A wildcard constraint matching exactly these names (tables, figures, papers)."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"

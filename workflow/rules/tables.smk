@@ -30,3 +30,37 @@ rule table:
         "../../envs/robustreg.yaml"
     shell:
         "python -m robustreg table --cells {input.cells:q} --md {output.md:q} --tex {output.tex:q} > {log:q} 2>&1"
+
+
+rule figure:
+    input:
+        unpack(figure_inputs),
+    output:
+        md="reports/{figure}.md",
+        tex="reports/{figure}.tex",
+        pdf="reports/figures/{figure}.pdf",
+        png="reports/figures/{figure}.png",
+    log:
+        "logs/figures/{figure}.log",
+    localrule: True
+    conda:
+        "../../envs/robustreg.yaml"
+    shell:
+        "python -m robustreg figure --spec {wildcards.figure:q} --cells {input.cells:q} --md {output.md:q}"
+        " --tex {output.tex:q} --pdf {output.pdf:q} --png {output.png:q} > {log:q} 2>&1"
+
+
+rule paper:
+    input:
+        lambda wc: PLAN.reports(wc.paper),
+    output:
+        "reports/{paper}.md",
+    params:
+        title=lambda wc: config["papers"][wc.paper]["title"],
+    log:
+        "logs/papers/{paper}.log",
+    localrule: True
+    conda:
+        "../../envs/robustreg.yaml"
+    shell:
+        "python -m robustreg index --title {params.title:q} --out {output:q} {input:q} > {log:q} 2>&1"

@@ -13,6 +13,7 @@ from robustreg.objectives.base import (
     Objective,
     StepContext,
     build_objective,
+    describe,
     parameter_names,
     resolve_params,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "Objective",
     "StepContext",
     "build_objective",
+    "describe",
     "parameter_names",
     "resolve_params",
 ]

@@ -37,6 +37,8 @@ class Objective:
     """
 
     name: ClassVar[str] = ""
+    # Fixed traits a settings table prints beside the hyperparameters (SmoothAdv's attack).
+    traits: ClassVar[dict[str, str]] = {}
     sigma: float
 
     @property
@@ -84,6 +86,11 @@ def resolve_params(method: str, params: dict) -> dict:
         else:
             raise ValueError(f"missing parameter {key!r} for method {method!r}")
     return resolved
+
+
+def describe(method: str, params: dict) -> dict:
+    """What a settings table shows for ``method``: its name, fixed traits, resolved params."""
+    return {"method": method, **_lookup(method).traits, **resolve_params(method, params)}
 
 
 def build_objective(method: str, sigma: float, params: dict) -> Objective:

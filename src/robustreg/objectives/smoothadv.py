@@ -44,6 +44,8 @@ class SmoothAdv(Objective):
     """SmoothAdv-PGD: mean CE over the m noisy copies of the smoothed-PGD adversarial input."""
 
     name: ClassVar[str] = "smoothadv"
+    # Salman et al. also train with DDN; every model these papers use was PGD-trained.
+    traits: ClassVar[dict[str, str]] = {"attack": "PGD"}
     m: int = 4
     eps: float = 1.0
     steps: int = 10

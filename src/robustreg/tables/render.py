@@ -1,25 +1,36 @@
 """The one table renderer: cells file -> pandas frame -> jinja2 templates (Markdown, LaTeX).
 
-A **cells file** (YAML) maps (row, group value) to a certification log. It has the same
-format whether the workflow wrote it or a user wrote it by hand for logs made elsewhere::
+A **cells file** (YAML) maps (row, group value) to where our numbers come from. It has the
+same format whether the workflow wrote it or a user wrote it by hand for logs made
+elsewhere::
 
     table: table2_mnist                 # spec name (robustreg/tables/specs/<name>.yaml)
     banner: "Reduced scale: ..."        # optional; shown above the table and in the caption
     cells:
       - {row: gaussian, sigma: 0.25, log: ../certify/abc/certify.tsv}
+      # a table whose columns all have ``aggregate: mean_std``: one log per training seed
+      - {row: macer, sigma: 0.25, log: [../certify/s0/certify.tsv, ../certify/s1/certify.tsv]}
 
 The group key (``sigma`` here) is the spec's ``group_by.key``; relative ``log`` paths are
-relative to the cells file's folder. The whole file is validated before any log is read.
-A (row, group) pair without a cell renders as missing; the paper's value is only ever
-shown in its own slot, in parentheses after ours.
+relative to the cells file's folder. A cell of a settings table (columns with metric
+``setting``) has no log but the training settings its columns show, and optionally the
+id of the experiment that trains with them::
+
+      - {row: cifar10, sigma: 0.25, settings: {method: smoothadv, attack: PGD, steps: 10,
+         eps: 0.996, m: 4}, experiment: cifar10-cifar_resnet110-smoothadv-s0.25-abc123}
+
+The whole file is validated before any log is read. A (row, group) pair without a cell
+renders as missing; the paper's value is only ever shown in its own slot, in parentheses
+after ours.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +45,17 @@ from robustreg.tables.spec import RULES, ColumnSpec, RuleSpec, TableSpec, load_s
 
 __all__ = ["Cell", "CellsFile", "build_frame", "load_cells", "render_table"]
 
-FRAME_COLUMNS = ["row", "group", "column", "ours", "paper", "bold", "underline"]
+FRAME_COLUMNS = [
+    "row",
+    "group",
+    "column",
+    "ours",
+    "paper",
+    "ours_std",
+    "paper_std",
+    "bold",
+    "underline",
+]
 _CELLS_KEYS = {"table", "banner", "cells"}
 
 
@@ -42,8 +63,10 @@ _CELLS_KEYS = {"table", "banner", "cells"}
 class Cell:
     row: str
     group: Any  # the spec's own group value
-    log: Path  # resolved
-    log_text: str  # as written in the cells file
+    logs: tuple[Path, ...] = ()  # resolved, one per training seed; results tables
+    log_texts: tuple[str, ...] = ()  # as written in the cells file
+    settings: dict[str, Any] = field(default_factory=dict)  # settings tables
+    experiment: str | None = None  # settings tables: the model these settings train
 
 
 @dataclass(frozen=True)
@@ -57,9 +80,12 @@ class CellsFile:
 # ------------------------------------------------------------------------------ cells file
 
 
-def load_cells(cells_path: str | os.PathLike) -> CellsFile:
-    """Read and validate a cells file; reads no log. Errors are one-line ValueErrors
-    naming the cells file and the bad key or value."""
+def load_cells(
+    cells_path: str | os.PathLike, spec_dir: str | os.PathLike | None = None
+) -> CellsFile:
+    """Read and validate a cells file; reads no log. Its table spec comes from ``spec_dir``
+    (default: the package's specs folder). Errors are one-line ValueErrors naming the
+    cells file and the bad key or value."""
     path = Path(cells_path)
 
     def fail(msg: str) -> ValueError:
@@ -79,32 +105,36 @@ def load_cells(cells_path: str | os.PathLike) -> CellsFile:
     if "table" not in raw:
         raise fail("missing key 'table'")
     try:
-        spec = load_spec(raw["table"])
+        spec = load_spec(raw["table"], spec_dir)
     except ValueError as err:
         raise fail(f"table: {err}") from None
     banner = raw.get("banner")
     if banner is not None and (not isinstance(banner, str) or not banner.strip()):
         raise fail(f"banner: expected a non-empty string, got {banner!r}")
-    entries = raw.get("cells")
-    if not isinstance(entries, list):
-        raise fail("cells: expected a list of {row, " + spec.group.key + ", log} mappings")
 
     gkey = spec.group.key
-    allowed = {"row", gkey, "log"}
+    source = "settings" if spec.settings else "log"
+    entries = raw.get("cells")
+    if not isinstance(entries, list):
+        raise fail(f"cells: expected a list of {{row, {gkey}, {source}}} mappings")
+    required = ("row", gkey, source)
+    allowed = {*required, "experiment"} if spec.settings else set(required)
+    expected = ", ".join([*required, "experiment"] if spec.settings else required)
     seen: dict[tuple[str, Any], int] = {}
     cells: list[Cell] = []
     for i, entry in enumerate(entries):
         where = f"cells[{i}]"
         if not isinstance(entry, dict):
-            raise fail(f"{where}: expected a mapping with keys row, {gkey}, log")
+            raise fail(f"{where}: expected a mapping with keys {expected}")
         extra = sorted(str(k) for k in entry if k not in allowed)
         if extra:
-            raise fail(f"{where}: unknown key {extra[0]!r} (expected row, {gkey}, log)")
-        for key in ("row", gkey, "log"):
+            raise fail(f"{where}: unknown key {extra[0]!r} (expected {expected})")
+        for key in required:
             if key not in entry:
                 raise fail(f"{where}: missing key {key!r}")
         row = entry["row"]
-        if spec.row(str(row)) is None:
+        row_spec = spec.row(str(row))
+        if row_spec is None:
             known = ", ".join(r.key for r in spec.rows)
             raise fail(f"{where}: unknown row {row!r} for table {spec.name} (rows: {known})")
         group = spec.group.match(entry[gkey])
@@ -113,20 +143,69 @@ def load_cells(cells_path: str | os.PathLike) -> CellsFile:
             raise fail(
                 f"{where}: unknown {gkey} {entry[gkey]!r} for table {spec.name} ({gkey}: {known})"
             )
+        if not row_spec.in_group(group):
+            known = ", ".join(spec.group.text(v) for v in row_spec.groups)
+            raise fail(
+                f"{where}: row {row!r} has no {gkey} {spec.group.text(group)} in table "
+                f"{spec.name} (its {gkey}: {known})"
+            )
         if (row, group) in seen:
             raise fail(
                 f"{where}: duplicate cell row {row!r} {gkey} {spec.group.text(group)} "
                 f"(already cells[{seen[(row, group)]}])"
             )
         seen[(row, group)] = i
-        log_text = entry["log"]
-        if not isinstance(log_text, str) or not log_text.strip():
-            raise fail(f"{where}: log: expected a path, got {log_text!r}")
-        log = Path(log_text).expanduser()
-        if not log.is_absolute():
-            log = path.parent / log
-        cells.append(Cell(row=row, group=group, log=log, log_text=log_text))
+        if spec.settings:
+            cells.append(
+                _settings_cell(entry, row, group, spec, lambda m, w=where: fail(f"{w}: {m}"))
+            )
+        else:
+            texts = _log_texts(entry["log"], spec, lambda m, w=where: fail(f"{w}: log: {m}"))
+            logs = tuple(_resolve(t, path.parent) for t in texts)
+            cells.append(Cell(row=row, group=group, logs=logs, log_texts=texts))
     return CellsFile(path=path, spec=spec, banner=banner, cells=tuple(cells))
+
+
+def _log_texts(value: Any, spec: TableSpec, fail: Callable[[str], ValueError]) -> tuple[str, ...]:
+    if isinstance(value, list):
+        plain = next((c.key for c in spec.columns if not c.aggregate), None)
+        if plain is not None:
+            raise fail(
+                f"a list of logs (one per seed) needs aggregate: mean_std on every column; "
+                f"column {plain!r} has none"
+            )
+        if not value:
+            raise fail("expected a non-empty list of paths")
+        texts = value
+    else:
+        texts = [value]
+    for text in texts:
+        if not isinstance(text, str) or not text.strip():
+            raise fail(f"expected a path, got {text!r}")
+    return tuple(texts)
+
+
+def _resolve(text: str, folder: Path) -> Path:
+    log = Path(text).expanduser()
+    return log if log.is_absolute() else folder / log
+
+
+def _settings_cell(
+    entry: dict, row: str, group: Any, spec: TableSpec, fail: Callable[[str], ValueError]
+) -> Cell:
+    settings = entry["settings"]
+    if not isinstance(settings, dict):
+        raise fail(f"settings: expected a mapping param -> value, got {settings!r}")
+    for column in spec.columns:
+        if column.param not in settings:
+            raise fail(f"settings: no {column.param!r} (shown in column {column.key!r})")
+        value = settings[column.param]
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise fail(f"settings.{column.param}: expected a number or string, got {value!r}")
+    experiment = entry.get("experiment")
+    if experiment is not None and (not isinstance(experiment, str) or not experiment.strip()):
+        raise fail(f"experiment: expected an experiment id, got {experiment!r}")
+    return Cell(row=row, group=group, settings=dict(settings), experiment=experiment)
 
 
 # ------------------------------------------------------------------------------ metrics
@@ -148,30 +227,57 @@ METRIC_FUNCS: dict[str, Callable[[np.ndarray, np.ndarray, ColumnSpec], float]] =
 }
 
 
-def _our_values(cells: CellsFile) -> pd.DataFrame:
-    """One record per (cell, column): our value, scaled as printed (percent where asked)."""
+def _read_logs(cells: CellsFile) -> dict[Path, pd.DataFrame]:
+    """Every log the cells file lists, each read once (a ValueError names a bad file)."""
     logs: dict[Path, pd.DataFrame] = {}
+    for cell in cells.cells:
+        for path in cell.logs:
+            if path not in logs:
+                logs[path] = read_certify_log(path)
+    return logs
+
+
+def _our_values(cells: CellsFile) -> pd.DataFrame:
+    """One record per (cell, column): our value as printed (percent where asked), and for
+    several logs (seeds) their mean and sample standard deviation."""
+    spec = cells.spec
+    logs = _read_logs(cells)
     records = []
     for cell in cells.cells:
-        if cell.log not in logs:
-            logs[cell.log] = read_certify_log(cell.log)  # ValueError naming the file
-        log = logs[cell.log]
-        radius = log["radius"].to_numpy(dtype=np.float64)
-        correct = log["correct"].to_numpy()
-        for column in cells.spec.columns:
-            try:
-                value = METRIC_FUNCS[column.metric](radius, correct, column)
-            except ValueError as err:
-                raise ValueError(f"{cell.log}: {column.metric}: {err}") from None
+        if spec.settings:
+            values = [[cell.settings[c.param] for c in spec.columns]]
+        else:
+            values = [_log_values(logs[path], path, spec) for path in cell.logs]
+        for j, column in enumerate(spec.columns):
+            seeds = [v[j] for v in values]
+            ours, std = seeds[0], math.nan
+            if len(seeds) > 1:
+                ours, std = float(np.mean(seeds)), float(np.std(seeds, ddof=1))
             records.append(
                 {
                     "row": cell.row,
                     "group": cell.group,
                     "column": column.key,
-                    "ours": value * 100.0 if column.percent else value,
+                    "ours": ours,
+                    "ours_std": std,
                 }
             )
-    return pd.DataFrame.from_records(records, columns=["row", "group", "column", "ours"])
+    return pd.DataFrame.from_records(
+        records, columns=["row", "group", "column", "ours", "ours_std"]
+    )
+
+
+def _log_values(log: pd.DataFrame, path: Path, spec: TableSpec) -> list[float]:
+    radius = log["radius"].to_numpy(dtype=np.float64)
+    correct = log["correct"].to_numpy()
+    out = []
+    for column in spec.columns:
+        try:
+            value = METRIC_FUNCS[column.metric](radius, correct, column)
+        except ValueError as err:
+            raise ValueError(f"{path}: {column.metric}: {err}") from None
+        out.append(value * 100.0 if column.percent else value)
+    return out
 
 
 # ------------------------------------------------------------------------------ highlight rules
@@ -232,37 +338,60 @@ RULE_FUNCS: dict[str, Callable[[pd.DataFrame, TableSpec, RuleSpec], pd.Series]] 
 
 
 def build_frame(cells: CellsFile) -> pd.DataFrame:
-    """Long frame in spec order: row, group, column, ours, paper, bold, underline.
+    """Long frame in spec order, one record per column for each (group, row) the row
+    exists in: row, group, column, ours, paper, ours_std, paper_std, bold, underline.
 
     ``ours`` is NaN where no cell was given; ``paper`` is NaN where the paper prints
-    nothing. Highlights are computed on our values only."""
+    nothing. ``ours_std`` (two or more logs) and ``paper_std`` are NaN outside aggregate
+    columns. In a settings table ``ours`` and ``paper`` hold numbers and strings, and a
+    paper value with ``paper_divide_by`` is converted (printed / divisor). Highlights are
+    computed on our values only."""
     spec = cells.spec
-    skeleton = pd.DataFrame.from_records(
-        [
-            {
-                "row": row.key,
-                "group": group,
-                "column": col.key,
-                "paper": (row.paper.get(group) or (None,) * len(spec.columns))[j],
-                "_decimals": col.decimals,
-                "_better": col.better,
-            }
-            for group in spec.group.values
-            for row in spec.rows
-            for j, col in enumerate(spec.columns)
-        ]
+    records = []
+    for group in spec.group.values:
+        for row in spec.rows:
+            if not row.in_group(group):
+                continue
+            paper = row.paper.get(group) or (None,) * len(spec.columns)
+            for column, value in zip(spec.columns, paper, strict=True):
+                mean, std = _paper_number(column, value)
+                records.append(
+                    {
+                        "row": row.key,
+                        "group": group,
+                        "column": column.key,
+                        "paper": mean,
+                        "paper_std": std,
+                        "_decimals": column.decimals,
+                        "_better": column.better,
+                    }
+                )
+    frame = pd.DataFrame.from_records(records).merge(
+        _our_values(cells), on=["row", "group", "column"], how="left"
     )
-    skeleton["paper"] = skeleton["paper"].astype("float64")
-    frame = skeleton.merge(_our_values(cells), on=["row", "group", "column"], how="left")
-    frame["ours"] = frame["ours"].astype("float64")
-    frame["_shown"] = _shown(frame["ours"], frame["_decimals"])
+    # a settings table's values mix strings and numbers
+    numeric = ["ours_std", "paper_std"] + ([] if spec.settings else ["ours", "paper"])
+    frame = frame.astype(dict.fromkeys(numeric, "float64"))
     for style in ("bold", "underline"):
         frame[style] = False
-    for rule in spec.highlight:
-        frame[rule.style] = frame[rule.style] | RULE_FUNCS[rule.rule](frame, spec, rule)
+    if spec.highlight:
+        frame["_shown"] = _shown(frame["ours"], frame["_decimals"])
+        for rule in spec.highlight:
+            frame[rule.style] = frame[rule.style] | RULE_FUNCS[rule.rule](frame, spec, rule)
     frame.attrs["group_by"] = spec.group.key
     frame.attrs["table"] = spec.name
     return frame[FRAME_COLUMNS].reset_index(drop=True)
+
+
+def _paper_number(column: ColumnSpec, value: Any) -> tuple[Any, float]:
+    """(value, std) in our units: [mean, std] pairs split, divided settings converted."""
+    if value is None:
+        return math.nan, math.nan
+    if isinstance(value, tuple):
+        return value
+    if column.paper_divide_by is not None:
+        return value / column.paper_divide_by, math.nan
+    return value, math.nan
 
 
 # ------------------------------------------------------------------------------ rendering
@@ -348,13 +477,37 @@ def md_code(text: Any) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
-def _number(value: Any, decimals: int) -> str | None:
-    if value is None or pd.isna(value):
+def _plain(x: float) -> str:
+    """A number as the paper printed it: 255, not 255.0."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def _ours_text(column: ColumnSpec, value: Any, std: float) -> str | None:
+    if isinstance(value, str):
+        return value
+    if pd.isna(value):
         return None
-    return f"{value:.{decimals}f}"
+    text = f"{value:.{column.decimals}f}"
+    if column.aggregate:
+        text += " ± " + ("–" if pd.isna(std) else f"{std:.{column.decimals}f}")
+    return text
 
 
-def _environment(kind: str) -> jinja2.Environment:
+def _paper_text(column: ColumnSpec, value: Any) -> str | None:
+    """The paper's value as stored in the spec, printed like ours."""
+    d = column.decimals
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, tuple):
+        return f"{value[0]:.{d}f} ± {value[1]:.{d}f}"
+    if column.paper_divide_by is not None:
+        divisor = column.paper_divide_by
+        return f"{value / divisor:.{d}f} = {_plain(value)}/{_plain(divisor)}"
+    return f"{value:.{d}f}"
+
+
+def environment(kind: str) -> jinja2.Environment:
+    """The jinja2 environment for ``templates/*.<kind>.j2`` (kind: md or tex)."""
     common = dict(
         loader=jinja2.PackageLoader("robustreg.tables", "templates"),
         undefined=jinja2.StrictUndefined,
@@ -375,48 +528,207 @@ def _environment(kind: str) -> jinja2.Environment:
         )
     else:
         env = jinja2.Environment(**common)
-    env.filters.update(tex=tex_escape, md=md_escape, mdcode=md_code, num=_number)
+    env.filters.update(tex=tex_escape, md=md_escape, mdcode=md_code)
     return env
+
+
+def sources(cells: CellsFile, rows: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """Where each cell's values come from (its logs, or the experiment a settings row
+    trains), labelled like the table; only ``rows`` if given."""
+    spec = cells.spec
+    return [
+        {
+            "row": c.row,
+            "label": spec.row(c.row).labels[c.group],
+            "group": spec.group.text(c.group),
+            "origins": [c.experiment] if c.experiment else list(c.log_texts),
+        }
+        for c in cells.cells
+        if rows is None or c.row in rows
+    ]
+
+
+# ------------------------------------------------------------------------------ layouts
+
+
+def _text(text: str) -> dict[str, Any]:
+    return {"kind": "text", "text": text, "span": 1}
+
+
+_NOT_APPLICABLE = {"kind": "empty"}
+
+
+def _value_cells(spec: TableSpec, frame: pd.DataFrame) -> dict[tuple[str, Any], list[dict]]:
+    """(row, group) -> one printable cell per column: ours, the paper's, highlights."""
+    index = {c.key: (j, c) for j, c in enumerate(spec.columns)}
+    out: dict[tuple[str, Any], list[dict]] = {}
+    for rec in frame.to_dict("records"):
+        j, column = index[rec["column"]]
+        paper = spec.row(rec["row"]).paper.get(rec["group"])
+        out.setdefault((rec["row"], rec["group"]), []).append(
+            {
+                "kind": "value",
+                "ours": _ours_text(column, rec["ours"], rec["ours_std"]),
+                "paper": _paper_text(column, None if paper is None else paper[j]),
+                "bold": bool(rec["bold"]),
+                "underline": bool(rec["underline"]),
+            }
+        )
+    return out
+
+
+def _merge_decisions(
+    spec: TableSpec, values: dict[tuple[str, Any], list[dict]]
+) -> tuple[dict[str, tuple[Any, set]], list[str]]:
+    """Member row key -> (its merge, the groups where the members print as one line),
+    and a note for each merge whose members' values differ somewhere."""
+    decisions: dict[str, tuple[Any, set]] = {}
+    notes = []
+    for merge in spec.merges:
+        first = spec.row(merge.rows[0])
+        own = [g for g in spec.group.values if first.in_group(g)]
+        differ = [
+            g
+            for g in own
+            if len({tuple(c["ours"] for c in values[(key, g)]) for key in merge.rows}) > 1
+        ]
+        # a blocks line shows one group; in the other layouts a row's line or block shows
+        # all its groups, so one difference anywhere keeps the members apart
+        merged = (
+            set(own) - set(differ) if spec.layout == "blocks" else set() if differ else set(own)
+        )
+        for key in merge.rows:
+            decisions[key] = (merge, merged)
+        if differ:
+            g = differ[0]
+            members = [spec.row(key).labels[g] for key in merge.rows]
+            where = ", ".join(spec.group.text(v) for v in differ)
+            notes.append(
+                f"The paper prints {', '.join(members[:-1])} and {members[-1]} as one row, "
+                f"“{merge.labels[g]}”, since its values coincide; ours differ at "
+                f"{spec.group.label} = {where}, so they are shown separately, each beside the "
+                "paper's values."
+            )
+    return decisions, notes
+
+
+def _entries(spec: TableSpec, decisions: dict, group: Any = None):
+    """(row whose values print, its label cells by group) in spec order: merged members
+    once, as their first member with the merge's label; only rows of ``group`` if given."""
+    for row in spec.rows:
+        if group is not None and not row.in_group(group):
+            continue
+        merge, merged = decisions.get(row.key, (None, set()))
+        if merged and (group is None or group in merged):
+            if row.key == merge.rows[0]:
+                yield row, merge.label_cells
+            continue
+        yield row, row.label_cells
+
+
+def _print_repeats_once(lines: list[list[dict]], pos: int) -> None:
+    """Consecutive lines repeating the text at ``pos`` print it once, spanning them."""
+    start = 0
+    for i in range(1, len(lines) + 1):
+        if i == len(lines) or lines[i][pos]["text"] != lines[start][pos]["text"]:
+            lines[start][pos]["span"] = i - start
+            for k in range(start + 1, i):
+                lines[k][pos]["span"] = 0
+            start = i
+
+
+def _grid(spec: TableSpec, frame: pd.DataFrame) -> dict[str, Any]:
+    """Header and blocks of lines of cells for the spec's layout, and notes on merges."""
+    values = _value_cells(spec, frame)
+    decisions, notes = _merge_decisions(spec, values)
+    group = spec.group
+    shown_group = [group.label] if group.show else []
+    labels = list(spec.label_columns)
+    note = "ours (paper)"
+    super_header = None
+    blocks: list[list[list[dict]]] = []
+    if spec.layout == "blocks":
+        text_header, label_pos = shown_group + labels, len(shown_group)
+        value_header = [c.label for c in spec.columns]
+        for g in group.values:
+            lead = [group.text(g)] if group.show else []
+            blocks.append(
+                [
+                    [_text(t) for t in (*lead, *cells[g])] + values[(row.key, g)]
+                    for row, cells in _entries(spec, decisions, g)
+                ]
+            )
+    elif spec.layout == "rows_first":
+        text_header, label_pos = labels + shown_group, 0
+        value_header = [c.label for c in spec.columns]
+        for row, cells in _entries(spec, decisions):
+            blocks.append(
+                [
+                    [_text(t) for t in (*cells[g], *([group.text(g)] if group.show else []))]
+                    + values[(row.key, g)]
+                    for g in group.values
+                    if row.in_group(g)
+                ]
+            )
+    else:  # groups_as_columns: the one column's label heads the group columns
+        text_header, label_pos = labels, 0
+        value_header = [f"{group.label} = {group.text(g)}" for g in group.values]
+        metric = spec.columns[0].label
+        note = f"{metric}, {note}"
+        super_header = {"text": metric, "skip": len(labels), "span": len(group.values)}
+        lines = []
+        for row, cells in _entries(spec, decisions):
+            first = next(g for g in group.values if row.in_group(g))
+            lines.append(
+                [_text(t) for t in cells[first]]
+                + [
+                    values[(row.key, g)][0] if row.in_group(g) else _NOT_APPLICABLE
+                    for g in group.values
+                ]
+            )
+        blocks.append(lines)
+    for lines in blocks:
+        if spec.layout == "blocks" and group.show:
+            _print_repeats_once(lines, 0)
+        _print_repeats_once(lines, label_pos)
+    # the note heads the values: it goes on the header just left of them
+    return {
+        "header": [
+            {"text": text, "align": "l", "note": note if i == len(text_header) - 1 else None}
+            for i, text in enumerate(text_header)
+        ]
+        + [{"text": text, "align": "r", "note": None} for text in value_header],
+        "super_header": super_header,
+        "blocks": blocks,
+        "notes": notes,
+    }
 
 
 def _context(cells: CellsFile, frame: pd.DataFrame) -> dict[str, Any]:
     spec = cells.spec
-    decimals = {c.key: c.decimals for c in spec.columns}
-    groups = []
-    for group, gframe in frame.groupby("group", sort=False):
-        rows = [
-            {
-                "key": row,
-                "label": spec.row(row).labels[group],
-                "cells": [
-                    {
-                        "column": rec["column"],
-                        "ours": _number(rec["ours"], decimals[rec["column"]]),
-                        "paper": _number(rec["paper"], decimals[rec["column"]]),
-                        "bold": bool(rec["bold"]),
-                        "underline": bool(rec["underline"]),
-                    }
-                    for rec in rframe.to_dict("records")
-                ],
-            }
-            for row, rframe in gframe.groupby("row", sort=False)
-        ]
-        groups.append({"value": group, "text": spec.group.text(group), "rows": rows})
-    labels = {r.key: r for r in spec.rows}
-    sources = [
-        {
-            "row": c.row,
-            "label": labels[c.row].labels[c.group],
-            "group": spec.group.text(c.group),
-            "log": c.log_text,
-        }
-        for c in cells.cells
-    ]
     rules = [
         {"style": r.style, "text": RULES[r.rule].format(group=spec.group.label)}
         for r in spec.highlight
     ]
+    divided = [
+        f"{c.label}: the paper prints {c.label} × {d}; its values are shown divided by {d}, "
+        f"as value = printed/{d}."
+        for c in spec.columns
+        if c.paper_divide_by is not None
+        for d in [_plain(c.paper_divide_by)]
+    ]
+    grid = _grid(spec, frame)
     banner = cells.banner
+    if spec.settings:
+        default_banner = (
+            f"Our rows are the training settings listed in {cells.path.name}; the scale "
+            "they were run at is not stated."
+        )
+    else:
+        default_banner = (
+            f"Our rows come from the certification logs listed in {cells.path.name}; "
+            "their scale (training and certification settings) is not stated."
+        )
     return {
         "spec": spec,
         "name": spec.name,
@@ -424,32 +736,35 @@ def _context(cells: CellsFile, frame: pd.DataFrame) -> dict[str, Any]:
         "caption": spec.caption,
         "source": spec.source,
         "group": spec.group,
-        "columns": spec.columns,
-        "groups": groups,
+        **grid,
+        "notes": divided + grid["notes"],
         "rules": rules,
         "banner": banner,
-        "default_banner": (
-            None
-            if banner
-            else f"Our rows come from the certification logs listed in {cells.path.name}; "
-            "their scale (training and certification settings) is not stated."
+        "default_banner": None if banner else default_banner,
+        "settings": spec.settings,
+        "not_applicable": any(
+            c["kind"] == "empty" for lines in grid["blocks"] for line in lines for c in line
         ),
-        "sources": sources,
+        "sources": sources(cells),
         "cells_file": cells.path.name,
     }
 
 
 def render_table(
-    cells_path: str | os.PathLike, md_path: str | os.PathLike, tex_path: str | os.PathLike
+    cells_path: str | os.PathLike,
+    md_path: str | os.PathLike,
+    tex_path: str | os.PathLike,
+    spec_dir: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Render the table a cells file names to Markdown and LaTeX (each written atomically).
+    The table spec comes from ``spec_dir`` (default: the package's specs folder).
 
     Returns the long frame of our and the paper's values (see ``build_frame``)."""
-    cells = load_cells(cells_path)
+    cells = load_cells(cells_path, spec_dir)
     frame = build_frame(cells)
     context = _context(cells, frame)
-    md = _environment("md").get_template("table.md.j2").render(**context)
-    tex = _environment("tex").get_template("table.tex.j2").render(**context)
+    md = environment("md").get_template("table.md.j2").render(**context)
+    tex = environment("tex").get_template("table.tex.j2").render(**context)
     write_text_atomic(Path(md_path), md)
     write_text_atomic(Path(tex_path), tex)
     return frame

@@ -1,39 +1,93 @@
-"""Table specs: one YAML file per paper table in ``robustreg/tables/specs/``.
+"""Table and figure specs: one YAML file each in ``robustreg/tables/specs/``.
 
-A spec says what a table looks like and what the paper printed; it knows nothing
+A table spec says what a table looks like and what the paper printed; it knows nothing
 about where our numbers come from (that is the cells file, see ``render.py``).
 
-Schema (``<name>.yaml``)::
+Table schema (``<name>.yaml``)::
 
     name: table2_mnist                 # must equal the file's stem
+    kind: table                        # optional; the default (see figure specs below)
     source: {paper: "...", table: 2, where: "supplement, section B"}   # free-form mapping
     title: "..."                       # heading of the rendered table
     caption: "..."                     # paragraph under the heading / LaTeX caption
-    group_by:                          # the key that splits the table into row blocks
+    layout: blocks                     # optional, one of LAYOUTS:
+                                       #   blocks: group column, label column(s), metric
+                                       #     columns; one block of rows per group value
+                                       #   rows_first: label column(s), group column, metric
+                                       #     columns; one block per row, a line per group value
+                                       #   groups_as_columns: a line per row, label column(s),
+                                       #     then one column per group value, headed
+                                       #     "<group label> = <value>"; needs exactly one
+                                       #     column and a label that is the same in all groups
+    label_columns: [Method]            # optional; headers of the row-label columns. Within a
+                                       #   block, consecutive lines with the same text in the
+                                       #   first label column print it once
+    group_by:                          # the key that splits the table into groups
       key: sigma                       #   name used by cells files (``sigma: 0.25``)
       label: "σ"                       #   header of the group column
       format: "{:.2f}"                 #   optional str.format for printing a value
       values: [0.25, 0.50, 1.00]       #   ordered; numbers or strings
-    columns:                           # ordered metric columns
+      show: true                       #   optional; false prints no group column (only with
+                                       #   exactly one value; not with groups_as_columns)
+    columns:                           # ordered metric columns, all 'setting' or none
       - key: acr                       #   unique within the spec
         label: ACR                     #   header text
         metric: acr                    #   one of METRICS
         decimals: 3                    #   printed decimals (ours and paper alike)
-        # radius: 0.25                 #   metric parameter (certified_accuracy)
+        # radius: 0.25                 #   metric parameter (certified_accuracy only)
         # percent: true                #   print fractions as percent (x100)
         # better: higher               #   higher | lower, used by highlight rules
+        # aggregate: mean_std          #   a cell has one log per training seed: print the
+        #                              #   mean over logs "± the sample std" (ddof 1; "± –"
+        #                              #   for one log); rules compare the means. Paper
+        #                              #   values are [mean, std] pairs
+      # - {key: eps, label: "ε", metric: setting, param: eps, decimals: 3, paper_divide_by: 256}
+        #   metric setting: a training setting, not a result; ``param`` (required) names it
+        #   in the cells file's ``settings``. Paper values are numbers or strings.
+        #   paper_divide_by (optional number): the paper prints the value multiplied by it;
+        #   the spec stores it as printed and the table shows "value = printed/divisor".
+        #   No percent, better or aggregate; highlight rules do not apply.
     highlight:                         # style -> named rule (see RULES), or
       bold: improves_baseline          #   {rule: <name>, columns: [<column key>, ...]}
       underline: best_acr_per_group
     rows:                              # ordered, the paper's order
       - key: gaussian                  #   unique; what cells files name
-        label: Gaussian                #   str, or {<group value>: str} for every group
+        label: Gaussian                #   one string per label column, as a list; a plain
+                                       #   string when there is one label column; or
+                                       #   {<group value>: <that>} for each of the row's groups
+        groups: [0.50, 1.00]           #   optional: the group values the row exists in
+                                       #   (default all); cells and paper values elsewhere
+                                       #   are errors
         baseline: gaussian             #   optional: row key this row improves on
         paper:                         #   optional: {<group value>: [one value per column]}
           0.25: [0.911, 99.2, ...]     #   null for a value the paper does not print
+    merge_identical:                   # optional: rows the paper prints as one row because
+      - rows: [stab5, stab10, stab20]  #   their values coincide (two or more row keys with the
+        label: "Stability (λ = 5, 10, 20)"  # same groups and equal paper values); label as
+                                       #   for rows. Where our printed values of the members
+                                       #   are identical in every column (or all missing) one
+                                       #   row with this label is printed, highlighted as the
+                                       #   first member; otherwise each member is printed with
+                                       #   the paper's values and a note names the groups
+                                       #   where ours differ. A line spans one group in the
+                                       #   blocks layout and all groups in the others.
 
 Paper values are stored as printed (percent for accuracies), never scaled.
 Highlight rules apply to OUR numbers only; their meaning is in ``RULES``.
+
+Figure schema (``<name>.yaml``, load with ``load_figure_spec``)::
+
+    name: figure1_mnist                # must equal the file's stem
+    kind: figure                       # required: tells it from a table spec
+    source: {...}                      # optional free-form mapping
+    title: "..."
+    caption: "..."
+    table: table2_mnist                # a table spec in the same folder: its cells file
+                                       #   supplies our logs; its rows, labels, group values
+                                       #   and certified-accuracy paper values are reused
+                                       #   (no setting or aggregate columns)
+    rows: [gaussian, consistency]      # row keys to plot, in legend order
+    radius_step: 0.01                  # spacing of the radius grid of our curves
 """
 
 from __future__ import annotations
@@ -46,10 +100,14 @@ from typing import Any
 
 import yaml
 
-# metric name -> required column parameters. Implemented in render.METRIC_FUNCS.
+SETTING = "setting"
+
+# metric name -> required column parameters. Implemented in render.METRIC_FUNCS, except
+# SETTING, which reads a training setting from the cells file instead of a log.
 METRICS: dict[str, tuple[str, ...]] = {
     "acr": (),
     "certified_accuracy": ("radius",),
+    SETTING: ("param",),
 }
 
 # rule name -> footnote text ({group} is the group label). Implemented in render.RULE_FUNCS.
@@ -62,12 +120,42 @@ RULES: dict[str, str] = {
 }
 
 STYLES = ("bold", "underline")
+LAYOUTS = ("blocks", "rows_first", "groups_as_columns")
+AGGREGATES = ("mean_std",)
 
-_TOP_KEYS = {"name", "source", "title", "caption", "group_by", "columns", "highlight", "rows"}
-_GROUP_KEYS = {"key", "label", "format", "values"}
-_COLUMN_KEYS = {"key", "label", "metric", "decimals", "radius", "percent", "better"}
-_ROW_KEYS = {"key", "label", "baseline", "paper"}
+_TOP_KEYS = {
+    "name",
+    "kind",
+    "source",
+    "title",
+    "caption",
+    "layout",
+    "label_columns",
+    "group_by",
+    "columns",
+    "highlight",
+    "rows",
+    "merge_identical",
+}
+_OPTIONAL_TOP_KEYS = {"kind", "source", "layout", "label_columns", "highlight", "merge_identical"}
+_GROUP_KEYS = {"key", "label", "format", "values", "show"}
+_COLUMN_KEYS = {
+    "key",
+    "label",
+    "metric",
+    "decimals",
+    "radius",
+    "percent",
+    "better",
+    "aggregate",
+    "param",
+    "paper_divide_by",
+}
+_NOT_FOR_SETTINGS = ("percent", "better", "aggregate")
+_ROW_KEYS = {"key", "label", "groups", "baseline", "paper"}
 _RULE_KEYS = {"rule", "columns"}
+_MERGE_KEYS = {"rows", "label"}
+_FIGURE_KEYS = {"name", "kind", "source", "title", "caption", "table", "rows", "radius_step"}
 
 
 @dataclass(frozen=True)
@@ -76,6 +164,7 @@ class GroupSpec:
     label: str
     values: tuple[Any, ...]
     format: str = "{}"
+    show: bool = True
 
     def match(self, value: Any) -> Any:
         """The spec's own group value equal to ``value`` (0.5 == "0.50" == 0.50), or None."""
@@ -97,6 +186,9 @@ class ColumnSpec:
     radius: float | None = None
     percent: bool = False
     better: str = "higher"
+    aggregate: str | None = None
+    param: str | None = None
+    paper_divide_by: float | None = None
 
 
 @dataclass(frozen=True)
@@ -109,9 +201,23 @@ class RuleSpec:
 @dataclass(frozen=True)
 class RowSpec:
     key: str
-    labels: dict[Any, str]  # group value -> label
+    labels: dict[Any, str]  # group value -> the label as one line of prose
+    label_cells: dict[Any, tuple[str, ...]]  # group value -> one text per label column
     baseline: str | None = None
-    paper: dict[Any, tuple[float | None, ...]] = field(default_factory=dict)
+    # group value -> one value per column: None, a number, a string (setting columns) or
+    # a (mean, std) pair (aggregate columns)
+    paper: dict[Any, tuple[Any, ...]] = field(default_factory=dict)
+    groups: tuple[Any, ...] | None = None  # None: every group value of the table
+
+    def in_group(self, group: Any) -> bool:
+        return self.groups is None or group in self.groups
+
+
+@dataclass(frozen=True)
+class MergeSpec:
+    rows: tuple[str, ...]
+    labels: dict[Any, str]
+    label_cells: dict[Any, tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -125,12 +231,32 @@ class TableSpec:
     columns: tuple[ColumnSpec, ...]
     rows: tuple[RowSpec, ...]
     highlight: tuple[RuleSpec, ...]
+    layout: str = "blocks"
+    label_columns: tuple[str, ...] = ("Method",)
+    merges: tuple[MergeSpec, ...] = ()
 
     def row(self, key: str) -> RowSpec | None:
         return next((r for r in self.rows if r.key == key), None)
 
     def column(self, key: str) -> ColumnSpec | None:
         return next((c for c in self.columns if c.key == key), None)
+
+    @property
+    def settings(self) -> bool:
+        """A settings table: its cells give training settings, not certification logs."""
+        return self.columns[0].metric == SETTING
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    name: str
+    path: Path
+    source: dict[str, Any]
+    title: str
+    caption: str
+    table: str  # the table spec whose cells file and paper values the figure uses
+    rows: tuple[str, ...]
+    radius_step: float
 
 
 def specs_dir() -> Path:
@@ -144,21 +270,76 @@ def available_specs(directory: Path | None = None) -> list[str]:
 
 
 def load_spec(name: str, directory: str | Path | None = None) -> TableSpec:
-    """Load and validate spec ``name`` (file ``<name>.yaml``) from ``directory``
+    """Load and validate table spec ``name`` (file ``<name>.yaml``) from ``directory``
     (default: the package's specs folder). Problems raise a one-line ValueError
     naming the file and the offending key."""
+    raw, path = _read(name, directory, "table")
+    if isinstance(raw, dict) and raw.get("kind") == "figure":
+        raise ValueError(f"{path}: kind: a figure spec, not a table; load it with load_figure_spec")
+    return _parse(raw, path)
+
+
+def load_figure_spec(name: str, directory: str | Path | None = None) -> FigureSpec:
+    """Load and validate figure spec ``name`` from ``directory`` (default: the package's
+    specs folder), including the table spec it names (from the same folder)."""
+    raw, path = _read(name, directory, "figure")
+    c = _Checker(path)
+    if isinstance(raw, dict) and raw.get("kind", "table") != "figure":
+        raise c.fail("kind", "a table spec, not a figure (kind: figure); load it with load_spec")
+    top = c.mapping(raw, "top level", _FIGURE_KEYS, _FIGURE_KEYS - {"source"})
+    fig_name = c.string(top["name"], "name")
+    if fig_name != path.stem:
+        raise c.fail("name", f"{fig_name!r} differs from the file name {path.stem!r}")
+    source = top.get("source") or {}
+    if not isinstance(source, dict):
+        raise c.fail("source", "expected a mapping")
+    table_name = c.string(top["table"], "table")
+    try:
+        table = load_spec(table_name, path.parent)
+    except ValueError as err:
+        raise c.fail("table", _one_line(err)) from None
+    if table.settings:
+        raise c.fail(
+            "table", f"{table_name!r} is a settings table; figures draw certification logs"
+        )
+    if any(col.aggregate for col in table.columns):
+        raise c.fail("table", f"{table_name!r} aggregates seeds; figures draw one log per cell")
+    rows = top["rows"]
+    if not isinstance(rows, list) or not rows:
+        raise c.fail("rows", "expected a non-empty list of row keys")
+    for i, key in enumerate(rows):
+        if table.row(str(key)) is None:
+            known = ", ".join(r.key for r in table.rows)
+            raise c.fail(f"rows[{i}]", f"unknown row {key!r} of table {table_name} (rows: {known})")
+        if key in rows[:i]:
+            raise c.fail(f"rows[{i}]", f"duplicate row {key!r}")
+    step = c.number(top["radius_step"], "radius_step")
+    if step <= 0:
+        raise c.fail("radius_step", f"expected a positive number, got {top['radius_step']!r}")
+    return FigureSpec(
+        name=fig_name,
+        path=path,
+        source=source,
+        title=c.string(top["title"], "title"),
+        caption=c.string(top["caption"], "caption"),
+        table=table_name,
+        rows=tuple(str(k) for k in rows),
+        radius_step=step,
+    )
+
+
+def _read(name: str, directory: str | Path | None, what: str) -> tuple[Any, Path]:
     directory = Path(directory) if directory is not None else specs_dir()
     if not isinstance(name, str) or not name or "/" in name or "\\" in name:
-        raise ValueError(f"invalid table spec name {name!r}")
+        raise ValueError(f"invalid {what} spec name {name!r}")
     path = directory / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(available_specs(directory)) or "none"
-        raise ValueError(f"unknown table spec {name!r}: no {path} (known: {known})")
+        raise ValueError(f"unknown {what} spec {name!r}: no {path} (known: {known})")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8")), path
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML: {_one_line(err)}") from None
-    return _parse(raw, path)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -194,20 +375,52 @@ class _Checker:
             raise self.fail(where, f"expected a finite number, got {obj!r}")
         return float(obj)
 
+    def flag(self, obj: Any, where: str) -> bool:
+        if not isinstance(obj, bool):
+            raise self.fail(where, f"expected true/false, got {obj!r}")
+        return obj
+
 
 def _parse(raw: Any, path: Path) -> TableSpec:
     c = _Checker(path)
-    top = c.mapping(raw, "top level", _TOP_KEYS, _TOP_KEYS - {"highlight", "source"})
+    top = c.mapping(raw, "top level", _TOP_KEYS, _TOP_KEYS - _OPTIONAL_TOP_KEYS)
+    if top.get("kind", "table") != "table":
+        raise c.fail("kind", f"expected 'table' or 'figure', got {top['kind']!r}")
     name = c.string(top["name"], "name")
     if name != path.stem:
         raise c.fail("name", f"{name!r} differs from the file name {path.stem!r}")
     source = top.get("source") or {}
     if not isinstance(source, dict):
         raise c.fail("source", "expected a mapping")
+    layout = top.get("layout", "blocks")
+    if layout not in LAYOUTS:
+        raise c.fail("layout", f"unknown layout {layout!r} (known: {', '.join(LAYOUTS)})")
+    label_columns = top.get("label_columns", ["Method"])
+    if not isinstance(label_columns, list) or not label_columns:
+        raise c.fail("label_columns", "expected a non-empty list of header strings")
+    label_columns = tuple(c.string(h, f"label_columns[{i}]") for i, h in enumerate(label_columns))
 
     group = _parse_group(c, top["group_by"])
     columns = _parse_columns(c, top["columns"])
-    rows = _parse_rows(c, top["rows"], group, len(columns))
+    if layout == "groups_as_columns":
+        if len(columns) != 1:
+            raise c.fail(
+                "layout", f"groups_as_columns needs exactly one column, got {len(columns)}"
+            )
+        if not group.show:
+            raise c.fail("group_by.show", "false is not possible with layout groups_as_columns")
+    rows = _parse_rows(c, top["rows"], group, columns, label_columns)
+    merges = _parse_merges(c, top.get("merge_identical") or [], group, rows, label_columns)
+    if layout == "groups_as_columns":
+        labelled = [(f"rows[{r.key}]", r.label_cells) for r in rows]
+        labelled += [(f"merge_identical[{i}]", m.label_cells) for i, m in enumerate(merges)]
+        for where, cells in labelled:
+            if len(set(cells.values())) > 1:
+                raise c.fail(
+                    f"{where}.label",
+                    f"layout groups_as_columns prints one label per row; this one differs by "
+                    f"{group.key}",
+                )
     highlight = _parse_highlight(c, top.get("highlight") or {}, columns)
     return TableSpec(
         name=name,
@@ -219,13 +432,16 @@ def _parse(raw: Any, path: Path) -> TableSpec:
         columns=columns,
         rows=rows,
         highlight=highlight,
+        layout=layout,
+        label_columns=label_columns,
+        merges=merges,
     )
 
 
 def _parse_group(c: _Checker, obj: Any) -> GroupSpec:
     g = c.mapping(obj, "group_by", _GROUP_KEYS, {"key", "values"})
     key = c.string(g["key"], "group_by.key")
-    if key in {"row", "log"}:
+    if key in {"row", "log", "settings", "experiment"}:
         raise c.fail("group_by.key", f"{key!r} is reserved in cells files")
     values = g["values"]
     if not isinstance(values, list) or not values:
@@ -242,7 +458,10 @@ def _parse_group(c: _Checker, obj: Any) -> GroupSpec:
     except (ValueError, IndexError, KeyError) as err:
         raise c.fail("group_by.format", f"{fmt!r} cannot format {v!r}: {err}") from None
     label = c.string(g.get("label", key), "group_by.label")
-    return GroupSpec(key=key, label=label, values=tuple(values), format=fmt)
+    show = c.flag(g.get("show", True), "group_by.show")
+    if not show and len(values) != 1:
+        raise c.fail("group_by.show", f"false needs exactly one value, got {len(values)}")
+    return GroupSpec(key=key, label=label, values=tuple(values), format=fmt, show=show)
 
 
 def _parse_columns(c: _Checker, obj: Any) -> tuple[ColumnSpec, ...]:
@@ -260,19 +479,43 @@ def _parse_columns(c: _Checker, obj: Any) -> tuple[ColumnSpec, ...]:
             raise c.fail(
                 f"{where}.metric", f"unknown metric {metric!r} (known: {', '.join(METRICS)})"
             )
+        if out and (metric == SETTING) != (out[0].metric == SETTING):
+            raise c.fail(f"{where}.metric", f"a table's columns are either all {SETTING!r} or none")
         for param in METRICS[metric]:
             if param not in col:
                 raise c.fail(where, f"metric {metric!r} needs key {param!r}")
+        for other, params in METRICS.items():
+            for param in set(params) - set(METRICS[metric]):
+                if param in col:
+                    raise c.fail(f"{where}.{param}", f"only applies to metric {other!r}")
+        if metric == SETTING:
+            for key_ in _NOT_FOR_SETTINGS:
+                if key_ in col:
+                    raise c.fail(f"{where}.{key_}", f"does not apply to metric {SETTING!r}")
+        elif "paper_divide_by" in col:
+            raise c.fail(f"{where}.paper_divide_by", f"only applies to metric {SETTING!r}")
         radius = c.number(col["radius"], f"{where}.radius") if "radius" in col else None
+        param = c.string(col["param"], f"{where}.param") if "param" in col else None
+        divide_by = None
+        if "paper_divide_by" in col:
+            divide_by = c.number(col["paper_divide_by"], f"{where}.paper_divide_by")
+            if divide_by <= 0:
+                raise c.fail(
+                    f"{where}.paper_divide_by", f"expected a positive number, got {divide_by!r}"
+                )
         decimals = col["decimals"]
         if isinstance(decimals, bool) or not isinstance(decimals, int) or not 0 <= decimals <= 6:
             raise c.fail(f"{where}.decimals", f"expected an integer 0..6, got {decimals!r}")
-        percent = col.get("percent", False)
-        if not isinstance(percent, bool):
-            raise c.fail(f"{where}.percent", f"expected true/false, got {percent!r}")
+        percent = c.flag(col.get("percent", False), f"{where}.percent")
         better = col.get("better", "higher")
         if better not in ("higher", "lower"):
             raise c.fail(f"{where}.better", f"expected 'higher' or 'lower', got {better!r}")
+        aggregate = col.get("aggregate")
+        if aggregate is not None and aggregate not in AGGREGATES:
+            raise c.fail(
+                f"{where}.aggregate",
+                f"unknown aggregate {aggregate!r} (known: {', '.join(AGGREGATES)})",
+            )
         out.append(
             ColumnSpec(
                 key=key,
@@ -282,12 +525,21 @@ def _parse_columns(c: _Checker, obj: Any) -> tuple[ColumnSpec, ...]:
                 radius=radius,
                 percent=percent,
                 better=better,
+                aggregate=aggregate,
+                param=param,
+                paper_divide_by=divide_by,
             )
         )
     return tuple(out)
 
 
-def _parse_rows(c: _Checker, obj: Any, group: GroupSpec, n_columns: int) -> tuple[RowSpec, ...]:
+def _parse_rows(
+    c: _Checker,
+    obj: Any,
+    group: GroupSpec,
+    columns: tuple[ColumnSpec, ...],
+    label_columns: tuple[str, ...],
+) -> tuple[RowSpec, ...]:
     if not isinstance(obj, list) or not obj:
         raise c.fail("rows", "expected a non-empty list")
     rows: list[RowSpec] = []
@@ -298,26 +550,38 @@ def _parse_rows(c: _Checker, obj: Any, group: GroupSpec, n_columns: int) -> tupl
         where = f"rows[{key}]"
         if any(r.key == key for r in rows):
             raise c.fail(f"{where}.key", f"duplicate row key {key!r}")
-        labels = _per_group(c, row["label"], f"{where}.label", group, all_required=True)
-        if isinstance(labels, str):
-            labels = dict.fromkeys(group.values, labels)
-        for g, text in labels.items():
-            c.string(text, f"{where}.label[{g}]")
-        paper: dict[Any, tuple[float | None, ...]] = {}
-        for g, values in _per_group(c, row.get("paper") or {}, f"{where}.paper", group).items():
+        groups = None
+        if "groups" in row:
+            groups = _parse_row_groups(c, row["groups"], f"{where}.groups", group)
+        own = groups if groups is not None else group.values
+        label_cells = _parse_label(c, row["label"], f"{where}.label", group, own, label_columns)
+        paper: dict[Any, tuple[Any, ...]] = {}
+        for g, values in _per_group(
+            c, row.get("paper") or {}, f"{where}.paper", group, own
+        ).items():
             w = f"{where}.paper[{g}]"
-            if not isinstance(values, list) or len(values) != n_columns:
+            if not isinstance(values, list) or len(values) != len(columns):
                 got = len(values) if isinstance(values, list) else type(values).__name__
                 raise c.fail(
-                    w, f"expected a list of {n_columns} values (one per column), got {got}"
+                    w, f"expected a list of {len(columns)} values (one per column), got {got}"
                 )
             paper[g] = tuple(
-                None if v is None else c.number(v, f"{w}[{j}]") for j, v in enumerate(values)
+                _paper_value(c, v, col, f"{w}[{j}]")
+                for j, (v, col) in enumerate(zip(values, columns, strict=True))
             )
         baseline = row.get("baseline")
         if baseline is not None:
             baseline = c.string(baseline, f"{where}.baseline")
-        rows.append(RowSpec(key=key, labels=labels, baseline=baseline, paper=paper))
+        rows.append(
+            RowSpec(
+                key=key,
+                labels=_prose(label_cells, label_columns),
+                label_cells=label_cells,
+                baseline=baseline,
+                paper=paper,
+                groups=groups,
+            )
+        )
     keys = {r.key for r in rows}
     for r in rows:
         if r.baseline is not None and (r.baseline not in keys or r.baseline == r.key):
@@ -325,24 +589,153 @@ def _parse_rows(c: _Checker, obj: Any, group: GroupSpec, n_columns: int) -> tupl
     return tuple(rows)
 
 
-def _per_group(c: _Checker, obj: Any, where: str, group: GroupSpec, all_required: bool = False):
-    """A str passes through; a mapping gets its keys matched to the group values."""
-    if isinstance(obj, str) and all_required:
-        return obj
-    if not isinstance(obj, dict):
-        raise c.fail(
-            where, "expected a mapping from group values" + (" or a string" if all_required else "")
+def _parse_row_groups(c: _Checker, obj: Any, where: str, group: GroupSpec) -> tuple[Any, ...]:
+    if not isinstance(obj, list) or not obj:
+        raise c.fail(where, f"expected a non-empty list of {group.key} values")
+    found = []
+    for v in obj:
+        g = group.match(v)
+        if g is None:
+            raise c.fail(where, f"unknown {group.key} {v!r} (known: {_values_text(group)})")
+        if g in found:
+            raise c.fail(where, f"duplicate {group.key} {v!r}")
+        found.append(g)
+    return tuple(g for g in group.values if g in found)
+
+
+def _parse_label(
+    c: _Checker,
+    obj: Any,
+    where: str,
+    group: GroupSpec,
+    own: tuple[Any, ...],
+    label_columns: tuple[str, ...],
+) -> dict[Any, tuple[str, ...]]:
+    """{group value: one text per label column} for each of the row's groups ``own``."""
+    n = len(label_columns)
+
+    def cells(value: Any, w: str) -> tuple[str, ...]:
+        if isinstance(value, str) and n == 1:
+            return (c.string(value, w),)
+        if isinstance(value, list) and len(value) == n:
+            return tuple(c.string(v, f"{w}[{j}]") for j, v in enumerate(value))
+        expected = f"a list of {n} strings (label_columns: {', '.join(label_columns)})"
+        if n == 1:
+            expected = "a string or " + expected
+        raise c.fail(w, f"expected {expected}, got {value!r}")
+
+    if isinstance(obj, dict):
+        per_group = _per_group(c, obj, where, group, own, all_required=True)
+        return {g: cells(v, f"{where}[{g}]") for g, v in per_group.items()}
+    return dict.fromkeys(own, cells(obj, where))
+
+
+def _prose(label_cells: dict[Any, tuple[str, ...]], headers: tuple[str, ...]) -> dict[Any, str]:
+    """Labels for running text (log lists, notes): "MSE, λ = 5" for label columns Model, λ."""
+    return {
+        g: ", ".join(
+            [cells[0], *(f"{h} = {t}" for h, t in zip(headers[1:], cells[1:], strict=True))]
         )
+        for g, cells in label_cells.items()
+    }
+
+
+def _paper_value(c: _Checker, value: Any, column: ColumnSpec, where: str) -> Any:
+    if value is None:
+        return None
+    if column.metric == SETTING:
+        if isinstance(value, str) and column.paper_divide_by is None:
+            return c.string(value, where)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            expected = "a finite number" if column.paper_divide_by else "a number or string"
+            raise c.fail(where, f"expected {expected}, got {value!r}")
+        return float(value)
+    if column.aggregate:
+        if not isinstance(value, list) or len(value) != 2:
+            raise c.fail(
+                where, f"expected [mean, std] (column {column.key!r} aggregates), got {value!r}"
+            )
+        return (c.number(value[0], f"{where}[0]"), c.number(value[1], f"{where}[1]"))
+    return c.number(value, where)
+
+
+def _parse_merges(
+    c: _Checker,
+    obj: Any,
+    group: GroupSpec,
+    rows: tuple[RowSpec, ...],
+    label_columns: tuple[str, ...],
+) -> tuple[MergeSpec, ...]:
+    if not isinstance(obj, list):
+        raise c.fail("merge_identical", "expected a list of {rows, label} mappings")
+    by_key = {r.key: r for r in rows}
+    merged: set[str] = set()
+    out: list[MergeSpec] = []
+    for i, entry in enumerate(obj):
+        where = f"merge_identical[{i}]"
+        entry = c.mapping(entry, where, _MERGE_KEYS, _MERGE_KEYS)
+        keys = entry["rows"]
+        if not isinstance(keys, list) or len(keys) < 2:
+            raise c.fail(f"{where}.rows", "expected a list of two or more row keys")
+        for key in keys:
+            if not isinstance(key, str) or key not in by_key:
+                raise c.fail(f"{where}.rows", f"unknown row {key!r}")
+            if key in merged:
+                raise c.fail(f"{where}.rows", f"row {key!r} is already merged")
+            merged.add(key)
+        members = [by_key[k] for k in keys]
+        first = members[0]
+        own = first.groups if first.groups is not None else group.values
+        for m in members[1:]:
+            if (m.groups if m.groups is not None else group.values) != own:
+                raise c.fail(
+                    f"{where}.rows", f"rows {first.key!r} and {m.key!r} have different groups"
+                )
+            for g in group.values:
+                if m.paper.get(g) != first.paper.get(g):
+                    raise c.fail(
+                        f"{where}.rows",
+                        f"paper values of {first.key!r} and {m.key!r} differ at {group.key} "
+                        f"{group.text(g)}; the paper prints merged rows with one set of values",
+                    )
+        label_cells = _parse_label(c, entry["label"], f"{where}.label", group, own, label_columns)
+        out.append(
+            MergeSpec(
+                rows=tuple(keys),
+                labels=_prose(label_cells, label_columns),
+                label_cells=label_cells,
+            )
+        )
+    return tuple(out)
+
+
+def _per_group(
+    c: _Checker,
+    obj: Any,
+    where: str,
+    group: GroupSpec,
+    own: tuple[Any, ...],
+    all_required: bool = False,
+) -> dict[Any, Any]:
+    """A mapping's keys matched to the group values; only the row's own groups allowed."""
+    if not isinstance(obj, dict):
+        raise c.fail(where, "expected a mapping from group values")
     out: dict[Any, Any] = {}
     for k, v in obj.items():
         g = group.match(k)
         if g is None:
             raise c.fail(where, f"unknown {group.key} {k!r} (known: {_values_text(group)})")
+        if g not in own:
+            raise c.fail(where, f"{group.key} {k!r} is not one of the row's groups")
         if g in out:
             raise c.fail(where, f"duplicate {group.key} {k!r}")
         out[g] = v
     if all_required:
-        missing = [g for g in group.values if g not in out]
+        missing = [g for g in own if g not in out]
         if missing:
             raise c.fail(where, f"no entry for {group.key} {missing[0]!r}")
     return {g: out[g] for g in group.values if g in out}
@@ -353,6 +746,8 @@ def _parse_highlight(
 ) -> tuple[RuleSpec, ...]:
     if not isinstance(obj, dict):
         raise c.fail("highlight", "expected a mapping style -> rule")
+    if obj and columns[0].metric == SETTING:
+        raise c.fail("highlight", f"rules do not apply to {SETTING!r} columns")
     keys = {col.key for col in columns}
     out: list[RuleSpec] = []
     for style, rule in obj.items():

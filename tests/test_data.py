@@ -1,0 +1,169 @@
+"""CIFAR-10 preparation (synthetic, pre-staged, downloaded) and training-time augmentation."""
+
+from __future__ import annotations
+
+import pickle
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from robustreg.data import (
+    DataUnavailable,
+    augment_batch,
+    load_split,
+    prepare_cifar10,
+    synthetic_cifar10,
+)
+
+
+def test_synthetic_cifar_is_cifar_shaped_and_balanced():
+    splits = synthetic_cifar10(200, 50, seed=0)
+    for (x, y), n in zip(splits.values(), (200, 50), strict=True):
+        assert x.shape == (n, 3, 32, 32) and x.dtype == np.uint8
+        assert y.dtype == np.int64
+        assert np.bincount(y).tolist() == [n // 10] * 10
+        assert 0 < x.mean() < 255 and x.std() > 10  # neither blank nor saturated
+
+
+def test_synthetic_cifar_is_deterministic_per_seed_and_differs_across_seeds():
+    a, b, c = (synthetic_cifar10(100, 20, seed=s) for s in (0, 0, 1))
+    for name in ("train", "test"):
+        assert np.array_equal(a[name][0], b[name][0]) and np.array_equal(a[name][1], b[name][1])
+        assert not np.array_equal(a[name][0], c[name][0])
+    # Train and test are separate streams: a bigger training split leaves the test split as is.
+    assert np.array_equal(synthetic_cifar10(200, 20, seed=0)["test"][0], a["test"][0])
+
+
+def test_synthetic_cifar_classes_differ_by_structure_not_mean_colour():
+    x, y = synthetic_cifar10(1000, 10, seed=0)["train"]
+    class_colour = np.stack([x[y == c].mean(axis=(0, 2, 3)) for c in range(10)]) / 255
+    assert np.ptp(class_colour, axis=0).max() < 0.05
+    texture = np.stack([x[y == c][0].astype(float) / 255 for c in range(10)])
+    rms = np.sqrt(((texture[:, None] - texture[None]) ** 2).mean(axis=(2, 3, 4)))
+    assert rms[np.triu_indices(10, 1)].min() > 0.15  # far apart, even for a single image
+
+
+def test_synthetic_sizes_must_balance_the_classes():
+    with pytest.raises(ValueError, match="multiples of 10"):
+        synthetic_cifar10(105, 50)
+
+
+def test_prepare_cifar10_synthetic_writes_loadable_splits(tmp_path):
+    prepare_cifar10("synthetic", tmp_path, synthetic_train=40, synthetic_test=20, seed=3)
+    x, y = load_split(tmp_path / "train.npz")
+    assert x.shape == (40, 3, 32, 32) and x.dtype == torch.float32
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    assert y.bincount().tolist() == [4] * 10
+    assert load_split(tmp_path / "test.npz")[0].shape == (20, 3, 32, 32)
+
+
+def test_unknown_cifar_source_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown CIFAR-10 source 'kaggle'"):
+        prepare_cifar10("kaggle", tmp_path)
+
+
+def test_missing_prestaged_cifar_folder_names_it_and_both_remedies(tmp_path):
+    nowhere = tmp_path / "nowhere"
+    with pytest.raises(DataUnavailable) as err:
+        prepare_cifar10("files", tmp_path / "out", files=nowhere)
+    message = str(err.value)
+    assert str(nowhere) in message
+    assert "connect this machine to the network" in message
+    assert "data.cifar10.files" in message and "cifar-10-batches-py" in message
+    assert "\n" not in message
+    with pytest.raises(DataUnavailable, match="pre-staged folder is not set"):
+        prepare_cifar10("files", tmp_path / "out", files=None)
+
+
+def test_cifar_download_failure_becomes_one_line_with_both_remedies(tmp_path, monkeypatch):
+    # Stand-in for torchvision's download offline (urllib's URLError), so the test neither
+    # waits on DNS nor downloads 170 MB on a connected machine.
+    class Offline:
+        def __init__(self, root, train, download):
+            assert download
+            raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr("torchvision.datasets.CIFAR10", Offline)
+    with pytest.raises(DataUnavailable) as err:
+        prepare_cifar10("torchvision", tmp_path / "out", download_root=tmp_path / "dl")
+    message = str(err.value)
+    assert "Name or service not known" in message
+    assert "connect this machine to the network" in message and "data.cifar10.files" in message
+    assert not (tmp_path / "out" / "train.npz").exists()
+
+
+def test_prestaged_cifar_batches_become_nchw_splits(tmp_path, monkeypatch):
+    """A folder in torchvision's layout; its checksums are patched, the reading is not."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "staged" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    written = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        # CIFAR-10's python batches: rows of 3072 bytes, channel-major (R, G, B planes).
+        data = rng.integers(0, 256, size=(3, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=3).tolist()
+        written[name] = (data.reshape(3, 3, 32, 32), labels)
+        with open(folder / name, "wb") as fh:
+            pickle.dump({"data": data, "labels": labels}, fh)
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, fh)
+    monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *args: True)
+
+    prepare_cifar10("files", tmp_path / "out", files=tmp_path / "staged")
+    with np.load(tmp_path / "out" / "train.npz") as f:
+        x, y = f["x"], f["y"]
+    assert x.dtype == np.uint8 and x.shape == (15, 3, 32, 32) and y.dtype == np.int64
+    train = [written[f"data_batch_{i}"] for i in range(1, 6)]
+    assert np.array_equal(x, np.concatenate([images for images, _ in train]))
+    assert y.tolist() == [label for _, labels in train for label in labels]
+    with np.load(tmp_path / "out" / "test.npz") as f:
+        assert np.array_equal(f["x"], written["test_batch"][0])
+
+
+def _crop_flip_candidates(image: torch.Tensor) -> torch.Tensor:
+    """All 9 x 9 offsets x 2 flips of a 4-pixel zero-padded crop: [162, C, H, W]."""
+    _, height, width = image.shape
+    padded = F.pad(image, (4, 4, 4, 4))
+    crops = [padded[:, t : t + height, s : s + width] for t in range(9) for s in range(9)]
+    return torch.stack(crops + [crop.flip(-1) for crop in crops])
+
+
+def test_no_augmentation_is_the_identity():
+    x = torch.rand(4, 3, 32, 32)
+    assert augment_batch(x, "none") is x
+
+
+def test_crop_flip_outputs_are_shifted_and_maybe_flipped_copies_with_zero_fill():
+    x = torch.rand(64, 3, 32, 32) + 0.1  # no zeros inside, so zero fill is unambiguous
+    before = x.clone()
+    out = augment_batch(x, "crop_flip", generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert torch.equal(x, before)  # the input batch is not modified
+    chosen = []
+    for image, augmented in zip(x, out, strict=True):
+        matches = (_crop_flip_candidates(image) == augmented).flatten(1).all(1).nonzero()
+        assert len(matches) == 1
+        chosen.append(matches.item())
+    flipped = [c >= 81 for c in chosen]
+    assert any(flipped) and not all(flipped)
+    assert len({c % 81 for c in chosen}) > 20  # offsets vary from image to image
+
+
+def test_crop_flip_is_reproducible_from_a_generator_or_the_global_seed():
+    x = torch.rand(16, 3, 32, 32)
+    a = augment_batch(x, "crop_flip", generator=torch.Generator().manual_seed(5))
+    b = augment_batch(x, "crop_flip", generator=torch.Generator().manual_seed(5))
+    c = augment_batch(x, "crop_flip", generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    torch.manual_seed(7)
+    d = augment_batch(x, "crop_flip")
+    torch.manual_seed(7)
+    assert torch.equal(d, augment_batch(x, "crop_flip"))
+
+
+def test_unknown_augmentation_is_named():
+    with pytest.raises(ValueError, match="unknown augmentation 'mixup'"):
+        augment_batch(torch.rand(2, 3, 32, 32), "mixup")
