@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -380,6 +381,59 @@ def test_latex_structure_and_escaping(tmp_path):
     assert [line.split("|")[1].strip() for line in body[::6]] == ["0.25", "0.50", "1.00"]
     assert all(line.split("|")[1].strip() == "" for i, line in enumerate(body) if i % 6)
     assert "apply to our numbers" in md
+
+
+class _HtmlRows(HTMLParser):
+    """Text of each <td> per body <tr>, with the rowspan of each cell that has one."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self.spans: list[int] = []
+        self._cell: list[str] | None = None
+        self._in_body = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tbody":
+            self._in_body = True
+        elif tag == "tr" and self._in_body:
+            self.rows.append([])
+        elif tag == "td" and self._in_body:
+            self._cell = []
+            self.spans += [int(v) for k, v in attrs if k == "rowspan"]
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None:
+            self.rows[-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tbody":
+            self._in_body = False
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def test_html_has_the_markdown_values_and_escapes(tmp_path):
+    log = write_log(tmp_path / "a.tsv", *LOG_A)
+    cells = write_cells(
+        tmp_path / "cells.yaml",
+        [{"row": "gaussian", "sigma": 0.25, "log": str(log)}],
+        banner="Reduced <scale> & co",
+    )
+    md, tex, html = (tmp_path / f"t.{k}" for k in ("md", "tex", "html"))
+    render_table(cells, md, tex, html_path=html)
+    page = html.read_text()
+    assert "Reduced &lt;scale&gt; &amp; co" in page and "<scale>" not in page
+    parsed = _HtmlRows()
+    parsed.feed(page)
+    assert len(parsed.rows) == 18
+    assert parsed.spans == [6, 6, 6]  # σ spans its group's six rows
+    md_rows = [line for line in md.read_text().splitlines() if line.startswith("| ")][1:]
+    for html_row, md_line in zip(parsed.rows, md_rows, strict=True):
+        md_cells = [re.sub(r"\*\*|</?u>", "", c).strip() for c in md_line.strip("|").split("|")]
+        assert html_row == [c for c in md_cells if c][-len(html_row) :]
+    assert parsed.rows[0][2:4] == ["0.225 (0.911)", "50.0 (99.2)"]
 
 
 def test_outputs_replaced_atomically(tmp_path):

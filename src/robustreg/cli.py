@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cells", required=True, type=Path, help="YAML mapping table cells to logs")
     p.add_argument("--md", required=True, type=Path)
     p.add_argument("--tex", required=True, type=Path)
+    p.add_argument("--html", default=None, type=Path, help="also an HTML page (for reports)")
 
     p = sub.add_parser("figure", help="draw a paper figure from a table's certify logs")
     p.add_argument("--spec", required=True, help="figure spec name (robustreg/tables/specs)")
@@ -94,7 +95,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _device_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if present)")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cpu; cuda: a GPU no other robustreg job on this machine holds (the default "
+        "when CUDA is present); cuda:1: that GPU, shared or not",
+    )
     p.add_argument("--threads", default=None, type=int, help="CPU threads for torch")
     p.add_argument("--no-progress", action="store_true")
 
@@ -162,9 +168,11 @@ def _train(args) -> int:
 
 
 def _certify(args) -> int:
+    import hashlib
+
     from robustreg.certify import certify, write_certify_log
     from robustreg.data import load_split
-    from robustreg.smoothing import certify_counts
+    from robustreg.smoothing import ProgressLog, certify_counts
     from robustreg.train import load_model
 
     if args.sigma <= 0 or args.n0 < 1 or args.n < 1 or not 0 < args.alpha < 1:
@@ -173,21 +181,45 @@ def _certify(args) -> int:
     model, config = load_model(args.model, device)
     x, y = load_split(args.data)
     keep = np.arange(0, len(y), args.skip)[: args.max_images]
-    result = certify_counts(
-        model,
-        x[keep],
-        y[keep],
-        sigma=args.sigma,
-        n0=args.n0,
-        n=args.n,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        device=device,
-        num_classes=config["num_classes"],
-        progress=not args.no_progress,
-        indices=keep,
-    )
+
+    def sha256(path: Path) -> str:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+
+    # Everything an image's counts depend on (see robustreg.smoothing): records of a run that
+    # differs in any of these are never mixed in. Alpha and the selection of images are not
+    # among them; the results are computed from all selected images' counts at the end.
+    identity = {
+        "model_sha256": sha256(args.model),
+        "data_sha256": sha256(args.data),
+        "sigma": args.sigma,
+        "n0": args.n0,
+        "n": args.n,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "device": device.type,
+        "torch": torch.__version__,
+    }
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    # Not a declared output of the Snakemake rule, so a killed job's progress survives it.
+    progress = ProgressLog(args.out_dir / "partial.jsonl", identity)
+    with progress:
+        result = certify_counts(
+            model,
+            x[keep],
+            y[keep],
+            sigma=args.sigma,
+            n0=args.n0,
+            n=args.n,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            device=device,
+            num_classes=config["num_classes"],
+            progress=not args.no_progress,
+            indices=keep,
+            done=progress.resume(),
+            on_group=progress.append,
+        )
     with atomic_path(args.out_dir / "counts.npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, sigma=args.sigma, n0=args.n0, n=args.n, seed=args.seed, **result)
     prediction, radius, _ = certify(result["counts0"], result["counts"], args.sigma, args.alpha)
@@ -199,13 +231,14 @@ def _certify(args) -> int:
         radius,
         result["seconds"],
     )
+    progress.remove()
     return 0
 
 
 def _table(args) -> int:
     from robustreg.tables import render_table
 
-    render_table(args.cells, args.md, args.tex)
+    render_table(args.cells, args.md, args.tex, html_path=args.html)
     return 0
 
 

@@ -13,21 +13,29 @@ Every image draws its noise from its own generator, seeded from (seed, dataset i
 always in the same chunk sizes (``batch_size`` samples, then the remainder, per phase). So an
 image's counts depend only on its seed, index and ``batch_size``, not on which other images
 share a forward pass, how many images are packed together, or where a run was resumed.
+
+A long run is resumable: ``ProgressLog`` appends each image's counts as they are sampled and
+``certify_counts(done=...)`` skips the images an interrupted run finished.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-__all__ = ["certify_counts", "image_generator", "sample_counts"]
+from robustreg.io import atomic_path
+
+__all__ = ["ProgressLog", "certify_counts", "image_generator", "sample_counts"]
 
 
 def image_generator(seed: int, index: int, device: torch.device | str) -> torch.Generator:
@@ -243,6 +251,8 @@ def certify_counts(
     progress: bool = True,
     images_per_batch: int | None = None,
     indices: Sequence[int] | np.ndarray | None = None,
+    done: Mapping[str, np.ndarray] | None = None,
+    on_group: Callable[[dict[str, np.ndarray]], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Selection (n0) and estimation (n) counts for each image, as CERTIFY needs them.
 
@@ -252,6 +262,15 @@ def certify_counts(
     their generators (default 0..N-1); pass them when certifying a slice so that any image's
     counts are reproduced by the same (seed, index, batch_size). Each image's selection draws
     come first in its stream, then its estimation draws.
+
+    Resuming: ``done`` holds results of an earlier run with the same arguments, in the form
+    returned here, for any of the images (matched by index; see ``ProgressLog``). A group of
+    images that ``done`` covers entirely is taken from it instead of sampled; a group it covers
+    in part is sampled again. Groups are always the same slices of ``images``, so a resumed run
+    makes exactly the forward passes an uninterrupted one makes, and its counts are equal even
+    for a model whose outputs depend on what else is in the batch. ``on_group`` is called with
+    the results of each newly sampled group (same keys, the group's rows) as soon as it is done;
+    an exception it raises stops the run.
 
     Returns numpy arrays: idx [N], label [N], counts0 [N, K], counts [N, K] and seconds [N],
     the wall time of each image's sampling as in Cohen et al.'s logs (a packed group's time is
@@ -272,21 +291,183 @@ def certify_counts(
         raise ValueError("images_per_batch must be >= 1")
     per_group = min(images_per_batch, max(num_images, 1))
 
+    result = {
+        "idx": idx,
+        "label": label,
+        "counts0": np.zeros((num_images, num_classes), dtype=np.int64),
+        "counts": np.zeros((num_images, num_classes), dtype=np.int64),
+        "seconds": np.zeros(num_images, dtype=np.float64),
+    }
+    known = _fill_done(result, done) if done is not None else np.zeros(num_images, dtype=bool)
+    groups = [(a, min(a + per_group, num_images)) for a in range(0, num_images, per_group)]
+    todo = [(a, b) for a, b in groups if not known[a:b].all()]
+
     channels_last = _uses_channels_last(model, device, images.shape[1:])
     sampler = _Sampler(images.shape[1:], batch_size, device, _model_dtype(model), channels_last)
-    counts0 = np.zeros((num_images, num_classes), dtype=np.int64)
-    counts = np.zeros((num_images, num_classes), dtype=np.int64)
-    seconds = np.zeros(num_images, dtype=np.float64)
-    bar = tqdm(total=num_images, disable=not progress, file=sys.stderr, unit="img")
+    initial = num_images - sum(b - a for a, b in todo)
+    bar = tqdm(total=num_images, initial=initial, disable=not progress, file=sys.stderr, unit="img")
     with bar, _prepared(model, device, channels_last), torch.inference_mode():
-        for start in range(0, num_images, per_group):
-            stop = min(start + per_group, num_images)
+        for start, stop in todo:
             t0 = time.perf_counter()
             group = sampler.prepare_images(_as_unit_float(images[start:stop]))
             gens = [image_generator(seed, int(i), device) for i in idx[start:stop]]
             both = sampler.counts(model, group, gens, sigma, (n0, n), num_classes).numpy()
-            counts0[start:stop], counts[start:stop] = both[0], both[1]
+            result["counts0"][start:stop], result["counts"][start:stop] = both[0], both[1]
             # .cpu() in counts() waited for the device, so this is the group's real wall time
-            seconds[start:stop] = (time.perf_counter() - t0) / (stop - start)
+            result["seconds"][start:stop] = (time.perf_counter() - t0) / (stop - start)
+            if on_group is not None:
+                on_group({key: value[start:stop].copy() for key, value in result.items()})
             bar.update(stop - start)
-    return {"idx": idx, "label": label, "counts0": counts0, "counts": counts, "seconds": seconds}
+    return result
+
+
+def _fill_done(result: dict[str, np.ndarray], done: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Copy ``done``'s rows into ``result`` by image index; which images it covered."""
+    done_idx = np.asarray(done["idx"], dtype=np.int64).reshape(-1)
+    row_of = {int(i): row for row, i in enumerate(done_idx)}  # a repeated index: last row
+    rows = np.array([row_of.get(int(i), -1) for i in result["idx"]], dtype=np.int64)
+    known = rows >= 0
+    if not known.any():
+        return known
+    take = rows[known]
+    for key in ("label", "counts0", "counts", "seconds"):
+        values = np.asarray(done[key])[take]
+        if values.shape != result[key][known].shape:
+            raise ValueError(f"earlier results: {key} has shape {values.shape[1:]} per image")
+        if key == "label" and not np.array_equal(values, result["label"][known]):
+            raise ValueError("earlier results give other labels for the same image indices")
+        result[key][known] = values
+    return known
+
+
+class ProgressLog:
+    """Per-image counts appended as they are sampled, so that a killed run resumes.
+
+    Cohen et al.'s code/certify.py (github.com/locuslab/smoothing) prints its log one line per
+    image, flushed, as it goes; we follow that, which is what makes a preempted run resumable.
+    It holds JSON lines: first ``{"identity": ...}``, which names everything the counts depend
+    on, then one ``{"idx", "label", "counts0", "counts", "seconds"}`` per image. Each group of
+    images is written with one write, then flushed and fsync'd.
+
+    ``resume`` reads the complete lines of an earlier file whose identity is equal (a torn last
+    line from a kill is dropped; a file of another run is discarded, with a line on stderr),
+    rewrites the file as exactly those, and returns them for ``certify_counts(done=...)``;
+    ``append`` is its ``on_group``. The file is not one of the run's results: ``remove`` it
+    once they are written.
+    """
+
+    FORMAT = "robustreg-certify-progress/1"
+
+    def __init__(self, path: str | os.PathLike, identity: Mapping[str, object]):
+        self.path = Path(path)
+        # through JSON and back, so it compares equal to what a file holds
+        self.identity = json.loads(json.dumps({"format": self.FORMAT, **identity}))
+        self._file = None
+
+    def __enter__(self) -> ProgressLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def resume(self) -> dict[str, np.ndarray] | None:
+        """The earlier run's complete images (None if none), and the file restarted from them."""
+        lines = self._earlier_lines()
+        records = [json.loads(line) for line in lines]
+        header = json.dumps({"identity": self.identity}, sort_keys=True)
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("".join(f"{line}\n" for line in [header, *lines]), encoding="utf-8")
+        # kept open for append(); close() (or leaving the with block) closes it
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        if not records:
+            return None
+        print(f"{self.path}: resuming after {len(records)} images sampled before", file=sys.stderr)
+        return {key: np.array([r[key] for r in records]) for key in _RECORD_KEYS}
+
+    def append(self, group: Mapping[str, np.ndarray]) -> None:
+        if self._file is None:
+            raise RuntimeError("ProgressLog.append before resume")
+        rows = zip(*(group[key] for key in _RECORD_KEYS), strict=True)
+        text = "".join(json.dumps(_record(*row)) + "\n" for row in rows)
+        self._file.write(text)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def remove(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    def _earlier_lines(self) -> list[str]:
+        """The earlier file's complete, well-formed image lines if its identity is ours."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        *complete, torn = data.split(b"\n")  # what follows the last newline was cut short
+        try:
+            header = json.loads(complete[0])["identity"] if complete else None
+        except (ValueError, TypeError, KeyError):
+            header = None
+        if header != self.identity:
+            if isinstance(header, dict):
+                keys = header.keys() | self.identity.keys()
+                differ = sorted(k for k in keys if header.get(k) != self.identity.get(k))
+                why = f"it is from a different run ({', '.join(differ)} differ)"
+            else:
+                why = "it has no readable header"
+            print(f"{self.path}: discarded, {why}; sampling every image", file=sys.stderr)
+            return []
+        lines: list[str] = []
+        classes = None
+        for number, line in enumerate(complete[1:], start=2):
+            try:
+                text = line.decode("utf-8")
+                record = json.loads(text)
+                _check_record(record, classes)
+            except (ValueError, TypeError, KeyError):
+                print(
+                    f"{self.path}: line {number} is unreadable; it and all after it are "
+                    "sampled again",
+                    file=sys.stderr,
+                )
+                return lines
+            classes = len(record["counts"])
+            lines.append(text)
+        if torn:
+            print(f"{self.path}: dropped its incomplete last line", file=sys.stderr)
+        return lines
+
+
+_RECORD_KEYS = ("idx", "label", "counts0", "counts", "seconds")
+
+
+def _record(idx, label, counts0, counts, seconds) -> dict:
+    return {
+        "idx": int(idx),
+        "label": int(label),
+        "counts0": np.asarray(counts0).tolist(),
+        "counts": np.asarray(counts).tolist(),
+        "seconds": float(seconds),
+    }
+
+
+def _check_record(record: dict, classes: int | None) -> None:
+    """Raise ValueError unless ``record`` is an image line (with ``classes`` counts if given)."""
+    if not isinstance(record, dict) or sorted(record) != sorted(_RECORD_KEYS):
+        raise ValueError("not an image record")
+    if not all(isinstance(record[k], int) for k in ("idx", "label")):
+        raise ValueError("idx and label must be integers")
+    c0, c = record["counts0"], record["counts"]
+    if not (isinstance(c0, list) and isinstance(c, list) and len(c0) == len(c) > 0):
+        raise ValueError("counts0 and counts must be lists of equal length")
+    if classes is not None and len(c) != classes:
+        raise ValueError("every image must have the same number of classes")
+    if not all(isinstance(v, int) and v >= 0 for v in c0 + c):
+        raise ValueError("counts must be non-negative integers")
+    if not isinstance(record["seconds"], int | float):
+        raise ValueError("seconds must be a number")

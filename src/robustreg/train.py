@@ -31,10 +31,26 @@ class TrainingDiverged(RuntimeError):
 
 
 def pick_device(requested: str | None = None) -> torch.device:
-    """CUDA when present, the CPU otherwise, unless the caller names one."""
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The caller's device if it names one; else a GPU of this process's own; else the CPU.
+
+    Several GPU jobs may run at once on one machine (``snakemake --resources gpu=4``), and
+    nothing tells each which GPU is its own: the GPU comes from ``robustreg.gpus``' pool,
+    held until the process ends. ``cuda:1`` is the caller's pick and bypasses the pool;
+    plain ``cuda`` means "a GPU" and draws from it. CPU runs never touch the pool.
+    """
+    from robustreg import gpus
+
+    device = torch.device(requested) if requested else None
+    if device is not None and (device.type != "cuda" or device.index is not None):
+        return device
+    if not torch.cuda.is_available():
+        return device or torch.device("cpu")  # "cuda" without CUDA: torch's own error later
+    claim = gpus.process_claim(torch.cuda.device_count())
+    # Make it the current device too, so what runs on "the current GPU" (cuDNN and cuBLAS
+    # handles, torch.cuda calls without a device) does not open a context on GPU 0,
+    # another job's, at a few hundred MiB each.
+    torch.cuda.set_device(claim.position)
+    return torch.device("cuda", claim.position)
 
 
 def atomic_save(obj, path: str | Path) -> None:

@@ -1,5 +1,5 @@
 """Paper tables and figures: a YAML spec each (``specs/``); one table renderer (cells
-file -> pandas frame -> jinja2 templates in ``templates/``) writing Markdown and LaTeX,
+file -> pandas frame -> jinja2 templates in ``templates/``) writing Markdown, LaTeX and HTML,
 and one figure renderer drawing a table's logs against the paper's values."""
 
 from robustreg.tables.figure import render_figure

@@ -507,14 +507,14 @@ def _paper_text(column: ColumnSpec, value: Any) -> str | None:
 
 
 def environment(kind: str) -> jinja2.Environment:
-    """The jinja2 environment for ``templates/*.<kind>.j2`` (kind: md or tex)."""
+    """The jinja2 environment for ``templates/*.<kind>.j2`` (kind: md, tex or html)."""
     common = dict(
         loader=jinja2.PackageLoader("robustreg.tables", "templates"),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
-        autoescape=False,
+        autoescape=kind == "html",
     )
     if kind == "tex":  # LaTeX braces clash with {{ }}; use << >> and <% %>
         env = jinja2.Environment(
@@ -755,9 +755,11 @@ def render_table(
     md_path: str | os.PathLike,
     tex_path: str | os.PathLike,
     spec_dir: str | os.PathLike | None = None,
+    html_path: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
-    """Render the table a cells file names to Markdown and LaTeX (each written atomically).
-    The table spec comes from ``spec_dir`` (default: the package's specs folder).
+    """Render the table a cells file names to Markdown and LaTeX, and to HTML if
+    ``html_path`` is given (each written atomically). The table spec comes from ``spec_dir``
+    (default: the package's specs folder).
 
     Returns the long frame of our and the paper's values (see ``build_frame``)."""
     cells = load_cells(cells_path, spec_dir)
@@ -767,4 +769,7 @@ def render_table(
     tex = environment("tex").get_template("table.tex.j2").render(**context)
     write_text_atomic(Path(md_path), md)
     write_text_atomic(Path(tex_path), tex)
+    if html_path is not None:
+        html = environment("html").get_template("table.html.j2").render(**context)
+        write_text_atomic(Path(html_path), html)
     return frame
