@@ -6,16 +6,32 @@ resources; the logic lives in src/robustreg, where it is tested.
 
 import json
 import re
+import shlex
+import sys
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
-from robustreg.plan import ConfigError, make_plan, validate_config
+# The workflow runs the package source beside it, imported here and put on the jobs'
+# PYTHONPATH, so that a conda environment (envs/robustreg.yaml, copied by Snakemake into
+# .snakemake/conda/ where no relative path leads back here) needs only the dependencies.
+SRC = Path(workflow.basedir) / "src"
+sys.path.insert(0, str(SRC))
+# Snakemake formats the prefix like a rule's command, hence ${{...}} after the f-string.
+shell.prefix(
+    f"set -euo pipefail; export PYTHONPATH={shlex.quote(str(SRC))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+)
+
+from robustreg.plan import ConfigError, make_plan, validate_config  # noqa: E402
 
 min_version("9.0")
 
 
 configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
 
 
 try:

@@ -25,12 +25,16 @@ def workflow_copy(dest: Path) -> Path:
     return dest
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, check: bool = True, workflow_profile: str = "none"
+) -> subprocess.CompletedProcess:
+    """Run `snakemake` in ``workdir``; ``workflow_profile`` is passed as --workflow-profile
+    (default none: no profile, so a run depends only on its arguments)."""
     env = dict(os.environ)
     # The rules call `python -m robustreg`: the interpreter running the tests must be first.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--workflow-profile", "none", *args],
+        [sys.executable, "-m", "snakemake", "--workflow-profile", workflow_profile, *args],
         cwd=workdir,
         env=env,
         capture_output=True,
@@ -62,6 +66,15 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return workflow_copy(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory) -> Path:
+    """Every consistency report of the micro configuration, run locally once per session
+    (test_workflow.py checks it; test_slurm.py compares a SLURM run's Table 2 with it)."""
+    workdir = workflow_copy(tmp_path_factory.mktemp("micro"))
+    snakemake(workdir, "--cores", "2", "reports/consistency.md", "--configfile", "micro.yaml")
+    return workdir
 
 
 def same_weights(a: Path, b: Path) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import planned_jobs, snakemake, workflow_copy
+from conftest import planned_jobs, snakemake
 
 TARGET = "reports/table2_mnist.md"
 
@@ -98,13 +98,6 @@ def test_no_network_and_no_files_stops_before_training_naming_both_remedies(work
     assert not (workdir / "results" / "models").exists()
 
 
-@pytest.fixture(scope="module")
-def micro_run(tmp_path_factory) -> Path:
-    workdir = workflow_copy(tmp_path_factory.mktemp("micro"))
-    snakemake(workdir, "--cores", "2", "reports/consistency.md", "--configfile", "micro.yaml")
-    return workdir
-
-
 @pytest.mark.slow
 def test_micro_run_renders_every_consistency_report(micro_run):
     reports = micro_run / "reports"
@@ -165,3 +158,28 @@ def test_changing_one_hyperparameter_reruns_only_its_row(micro_run):
     )
     jobs = planned_jobs(micro_run, TARGET, "--configfile", "micro.yaml", name)
     assert jobs == {"train": 1, "certify": 1, "table_cells": 1, "table": 1}
+
+
+@pytest.mark.slow
+def test_html_report_holds_every_table_and_figure(micro_run):
+    snakemake(
+        micro_run,
+        "--cores",
+        "1",
+        "--configfile",
+        "micro.yaml",
+        "--report",
+        "report.html",
+        "reports/consistency.md",
+    )
+    report = (micro_run / "report.html").read_text()
+    config = yaml.safe_load((micro_run / "config.yaml").read_text())
+    reports = config["papers"]["consistency"]["reports"]
+    tables = [name for name in reports if not name.startswith("figure")]
+    for name in tables:
+        assert f"{name}.html" in report
+        assert (micro_run / "reports" / f"{name}.html").read_text().count("<table>") == 1
+    assert "figure1_mnist.png" in report
+    # the captions under workflow/report/ were rendered, with their wildcards filled in
+    assert "certified accuracy against radius" in report
+    assert "scale: micro" in report

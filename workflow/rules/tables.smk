@@ -23,13 +23,20 @@ rule table:
     output:
         md="reports/{table}.md",
         tex="reports/{table}.tex",
+        html=report(
+            "reports/{table}.html",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{table}"},
+        ),
     log:
         "logs/tables/{table}.log",
     localrule: True
     conda:
         "../../envs/robustreg.yaml"
     shell:
-        "python -m robustreg table --cells {input.cells:q} --md {output.md:q} --tex {output.tex:q} > {log:q} 2>&1"
+        "python -m robustreg table --cells {input.cells:q} --md {output.md:q} --tex {output.tex:q}"
+        " --html {output.html:q} > {log:q} 2>&1"
 
 
 rule figure:
@@ -39,7 +46,12 @@ rule figure:
         md="reports/{figure}.md",
         tex="reports/{figure}.tex",
         pdf="reports/figures/{figure}.pdf",
-        png="reports/figures/{figure}.png",
+        png=report(
+            "reports/figures/{figure}.png",
+            caption="../report/figure.rst",
+            category="Figures",
+            labels={"figure": "{figure}"},
+        ),
     log:
         "logs/figures/{figure}.log",
     localrule: True

@@ -1,0 +1,135 @@
+"""The SLURM profile (workflow/profiles/slurm) against a real single-node SLURM started by
+scripts/local-slurm: micro Table 2 with every train and certify job a SLURM job (seen by
+sacct with its rule's request), rendering the same table as the local run of micro_run.
+
+Needs root (the script installs SLURM with apt-get when absent and starts its daemons); the
+test is skipped, with the script's reason, where SLURM cannot be started, unless
+ROBUSTREG_REQUIRE_SLURM=1 (CI), which makes that a failure."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from datetime import datetime, timedelta
+
+import pytest
+import yaml
+from conftest import REPO, snakemake, workflow_copy
+
+SCRIPT = REPO / "scripts" / "local-slurm"
+TARGET = "reports/table2_mnist.md"
+# The test cluster has no GPUs: sbatch refuses --gpus, so the GPU request is turned off the
+# way a user of a GPU-less cluster would (the plugin then emits no GPU option at all).
+NO_GPU = {"resources": {"train": {"gpu": 0}, "certify": {"gpu": 0}}}
+SACCT_FIELDS = "JobIDRaw,JobName,State,Partition,Account,ReqCPUS,ReqMem,Timelimit,ReqTRES,Comment"
+
+
+def local_slurm(command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(SCRIPT), command], capture_output=True, text=True, timeout=900, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    """(partition, account) of a running local SLURM; stopped afterwards if started here."""
+    started_here = False
+    proc = local_slurm("status")
+    if proc.returncode != 0:
+        proc = local_slurm("start")
+        if proc.returncode != 0:
+            lines = proc.stderr.strip().splitlines()
+            reason = lines[-1] if lines else f"scripts/local-slurm start exited {proc.returncode}"
+            if os.environ.get("ROBUSTREG_REQUIRE_SLURM") == "1":
+                pytest.fail(f"local SLURM did not start: {reason}")
+            pytest.skip(f"local SLURM cannot be started here: {reason}")
+        started_here = True
+    match = re.search(r"partition=(\S+) account=(\S+)", proc.stdout)
+    assert match, proc.stdout
+    yield match[1], match[2]
+    if started_here:
+        stop = local_slurm("stop")
+        assert stop.returncode == 0, stop.stderr
+
+
+def sacct(*args: str) -> list[dict[str, str]]:
+    out = subprocess.run(
+        ["sacct", "-X", "--parsable2", "--noheader", f"--format={SACCT_FIELDS}", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    names = SACCT_FIELDS.split(",")
+    return [dict(zip(names, line.split("|"), strict=True)) for line in out.splitlines()]
+
+
+@pytest.mark.slow
+def test_micro_table2_runs_as_slurm_jobs_and_matches_the_local_run(
+    slurm_cluster, tmp_path, request
+):
+    partition, account = slurm_cluster
+    workdir = workflow_copy(tmp_path)
+    (workdir / "no_gpu.yaml").write_text(yaml.safe_dump(NO_GPU))
+    since = (datetime.now() - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    proc = snakemake(
+        workdir,
+        TARGET,
+        "--configfile",
+        "micro.yaml",
+        "no_gpu.yaml",
+        "--default-resources",
+        f"slurm_account={account}",
+        f"slurm_partition={partition}",
+        # The plugin deletes a successful job's SLURM log unless told to keep it.
+        "--slurm-keep-successful-logs",
+        # Poll sacct 1 s after a poll that saw a job end (plugin default 40 s, profile 20 s).
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        workflow_profile="workflow/profiles/slurm",
+    )
+    out = proc.stdout + proc.stderr
+    run_id = re.search(r"SLURM run ID: (\S+)", out)
+    assert run_id, out
+
+    # Every job the plugin submitted: SLURM's accounting, by the run's job name.
+    jobs = {job["JobIDRaw"]: job for job in sacct("--name", run_id[1], "--starttime", since)}
+    assert jobs and all(job["State"] == "COMPLETED" for job in jobs.values()), jobs
+    assert {(job["Partition"], job["Account"]) for job in jobs.values()} == {(partition, account)}
+
+    # Each train / certify rule log has its job's SLURM log, named by the job id, under
+    # .snakemake/slurm_logs/rule_<rule>/<wildcards joined by _>/<jobid>.log, and sacct
+    # knows that job with the plugin's comment rule_<rule>_wildcards_<wildcards>.
+    expected = {
+        "train": sorted(p.stem for p in (workdir / "logs" / "train").glob("*.log")),
+        "certify": sorted(
+            f"{p.parent.name}_{p.stem}" for p in (workdir / "logs" / "certify").glob("*/*.log")
+        ),
+    }
+    assert (len(expected["train"]), len(expected["certify"])) == (18, 18)
+    micro = yaml.safe_load((workdir / "micro.yaml").read_text())["resources"]
+    slurm_logs = workdir / ".snakemake" / "slurm_logs"
+    for rule, wildcards in expected.items():
+        asked = micro[rule]
+        for name in wildcards:
+            ids = [p.stem for p in (slurm_logs / f"rule_{rule}" / name).glob("*.log")]
+            assert len(ids) == 1, (rule, name, ids)
+            job = jobs[ids[0]]
+            assert job["Comment"] == f"rule_{rule}_wildcards_{name}"
+            # threads -> --cpus-per-task, mem_mb -> --mem, runtime (minutes) -> -t; no GPU
+            assert int(job["ReqCPUS"]) == asked["threads"], job
+            assert job["ReqMem"] == f"{asked['mem_mb']}M", job
+            assert job["Timelimit"] == str(timedelta(minutes=asked["runtime"])).zfill(8), job
+            assert "gpu" not in job["ReqTRES"], job
+    # ... and nothing else ran on SLURM but the dataset job (tables are local rules).
+    others = {job["Comment"].split("_wildcards_")[0] for job in jobs.values()} - {
+        "rule_train",
+        "rule_certify",
+    }
+    assert others == {"rule_dataset"}
+    assert len(jobs) == 18 + 18 + 1
+
+    # The local run of the same configuration and seeds (conftest's session fixture, asked
+    # for only now, so that a machine without SLURM skips before that ten-minute run).
+    micro_run = request.getfixturevalue("micro_run")
+    assert (workdir / TARGET).read_text() == (micro_run / TARGET).read_text()
