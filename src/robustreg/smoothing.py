@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from robustreg.io import atomic_path
+from robustreg.io import write_text_atomic
 
 __all__ = ["ProgressLog", "certify_counts", "image_generator", "sample_counts"]
 
@@ -375,8 +375,7 @@ class ProgressLog:
         lines = self._earlier_lines()
         records = [json.loads(line) for line in lines]
         header = json.dumps({"identity": self.identity}, sort_keys=True)
-        with atomic_path(self.path) as tmp:
-            tmp.write_text("".join(f"{line}\n" for line in [header, *lines]), encoding="utf-8")
+        write_text_atomic(self.path, "".join(f"{line}\n" for line in [header, *lines]))
         # kept open for append(); close() (or leaving the with block) closes it
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         if not records:
