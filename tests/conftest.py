@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,3 +103,19 @@ def train_killed_then_resumed(config: dict, split: Path, out_dir: Path, monkeypa
     assert torch.load(out_dir / "checkpoint.pt", weights_only=True)["epoch"] == 0
     torch.manual_seed(123)  # whatever the global RNG holds now, the checkpoint restores it
     return train_module.train(config, split, out_dir, progress=False)
+
+
+class FixedLogits(nn.Module):
+    """A model that ignores its input's content and returns its logits parameter (one row
+    per input row), recording each input: objectives' losses computed by hand from chosen
+    logits."""
+
+    def __init__(self, logits: np.ndarray):
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor(logits, dtype=torch.float32))
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[0] == self.logits.shape[0], (x.shape, self.logits.shape)
+        self.inputs.append(x.detach().clone())
+        return self.logits

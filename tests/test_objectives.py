@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import FixedLogits
 from scipy.special import log_softmax as np_log_softmax
 from scipy.special import ndtri as np_ndtri
 from scipy.special import softmax as np_softmax
@@ -36,21 +37,11 @@ from robustreg.objectives.stability import Stability
 
 CTX = StepContext(epoch=0, epochs=90)
 # Parameters a config must give for each method to build (the rest have defaults).
-REQUIRED = {"consistency": {"lbd": 10.0}}
-
-
-class FixedLogits(nn.Module):
-    """Ignores its input's content; returns its logits parameter (one row per input row)."""
-
-    def __init__(self, logits: np.ndarray):
-        super().__init__()
-        self.logits = nn.Parameter(torch.tensor(logits, dtype=torch.float32))
-        self.inputs: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        assert x.shape[0] == self.logits.shape[0], (x.shape, self.logits.shape)
-        self.inputs.append(x.detach().clone())
-        return self.logits
+REQUIRED = {
+    "consistency": {"lbd": 10.0},
+    "adre_reg": {"lbd": 0.1},
+    "adre_adv": {"lbd": 0.1, "eps": 0.5, "steps": 2},
+}
 
 
 class Recorder(nn.Module):
@@ -446,12 +437,14 @@ def test_smoothadv_outer_loss_with_fixed_logits():
 
 
 EXPECTED_PARAMS = {
-    "gaussian": [],
+    "gaussian": ["label_smoothing"],
     "consistency": ["lbd", "m", "eta", "loss"],
     "smoothadv": ["m", "eps", "steps", "warmup_epochs"],
     "smoothadv_consistency": ["m", "eps", "steps", "warmup_epochs", "lbd", "eta", "loss"],
     "stability": ["lbd"],
     "macer": ["m", "lbd", "gamma", "beta", "deferred_epochs"],
+    "adre_reg": ["k", "lbd", "per_term", "label_smoothing"],
+    "adre_adv": ["k", "eps", "steps", "warmup_epochs", "lbd", "label_smoothing"],
 }
 
 
@@ -495,6 +488,8 @@ def test_batch_split():
         "smoothadv_consistency": 4,
         "stability": 1,
         "macer": 1,
+        "adre_reg": 1,
+        "adre_adv": 1,
     }
     assert build_objective("consistency", 0.5, {"lbd": 1.0, "m": 3}).batch_split == 3
 

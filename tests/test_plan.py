@@ -247,9 +247,10 @@ def test_table1_shows_smoothadv_settings_and_trains_nothing():
     }
     assert (cells["cifar10", 1.0].settings["eps"], cells["cifar10", 1.0].settings["m"]) == (2.0, 2)
     assert cells["imagenet", 1.0].settings["steps"] == 1
-    # CIFAR-10 rows are trainable experiments; ImageNet data is not configured yet.
+    # Every row is a trainable experiment, the ImageNet ones on the configured folder.
     assert len(cells["cifar10", 0.5].experiments) == 1
-    assert cells["imagenet", 0.5].experiments == ()
+    (imagenet,) = cells["imagenet", 0.5].experiments
+    assert plan.experiments[imagenet]["arch"] == "imagenet_resnet50"
     assert not any(c.certifications for c in table.cells)
 
 
@@ -286,8 +287,17 @@ def test_paper_lists_its_reports():
             "figure",
         ),
         (
-            {"tables": {"table7_cifar10": {"rows": {"gaussian": {"arch": "lenet_mnist"}}}}},
-            "tables.table7_cifar10.rows.gaussian.arch: only settings tables mix archs across rows",
+            {"tables": {"table1_adre": {"rows": {"imagenet_basic": {"schedule": "imagenet9"}}}}},
+            "tables.table1_adre.rows.imagenet_basic.schedule: 'imagenet9' is not defined under "
+            "schedules",
+        ),
+        (
+            {
+                "scale": "quick",
+                "tables": {"table1_adre": {"rows": {"cifar_basic": {"certify": "cifar10"}}}},
+            },
+            "tables.table1_adre.rows.cifar_adre_s012_l01: its scale (data, epochs or "
+            "certification) differs from row cifar_basic's",
         ),
     ],
 )
@@ -304,3 +314,69 @@ def test_seed_list_and_row_seed_conflict():
     overlay = {"tables": {"table2_mnist": {"rows": {"gaussian": {"seed": 3}}}}}
     with pytest.raises(ConfigError, match=r"table3_mnist_seeds\.rows\.gaussian\.seed"):
         make_plan(merged(overlay))
+
+
+def test_adre_table1_mixes_datasets_and_shares_models_with_figure2():
+    plan = make_plan(merged())
+    table = plan.tables["table1_adre"]
+    assert len(table.cells) == 4 + 12 + 3 + 6
+    assert table.banner is None  # paper scale: Cohen et al.'s 500-image protocol, full data
+    exps = {(c.row, c.sigma): plan.experiments[c.experiments[0]] for c in table.cells}
+    cifar = exps["cifar_adre_s050_l02", 0.5]
+    assert (cifar["arch"], cifar["data"]["dataset"], cifar["schedule"]["batch_size"]) == (
+        "cifar_resnet110",
+        "cifar10",
+        400,
+    )
+    assert cifar["params"] == {"k": 8, "lbd": 0.2, "per_term": "single", "label_smoothing": 0.0}
+    imagenet = exps["imagenet_adre_s100_l01", 1.0]
+    assert imagenet["arch"] == "imagenet_resnet50" and imagenet["data"]["dataset"] == "imagenet"
+    assert imagenet["schedule"]["processes"] == 4 and imagenet["schedule"]["lr_decay"] == "cosine"
+    assert imagenet["params"]["label_smoothing"] == 0.1
+    cert = plan.certifications[
+        next(c for c in table.cells if c.row == "imagenet_basic").certifications[0]
+    ]
+    assert (cert["skip"], cert["n"], cert["alpha"]) == (100, 100000, 0.001)
+
+    fig2 = {c.row: c for c in plan.tables["figure2_adre_models"].cells}
+    by_row = {c.row: c for c in table.cells if c.sigma == 0.5}
+    # the same model and the same counts, two certifiers
+    assert fig2["cifar_certify"].certifications == by_row["cifar_adre_s050_l01"].certifications
+    assert fig2["cifar_tcertify"].certifications == fig2["cifar_certify"].certifications
+    assert fig2["cifar_tcertify"].logs()[0].endswith("/tcertify.tsv")
+    assert fig2["cifar_certify"].logs()[0].endswith("/certify.tsv")
+    assert fig2["imagenet_tcertify"].experiments == by_row["imagenet_adre_s050_l005"].experiments
+
+
+def test_mixed_table_banner_states_each_datasets_scale():
+    quick = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
+    banner = make_plan(merged(quick)).tables["table1_adre"].banner
+    assert banner.startswith("CIFAR10 rows: Quick scale")
+    assert "ImageNet rows: Quick scale" in banner
+    assert "synthetic ImageNet-shaped dataset (NOT ImageNet images), cropped to 64x64" in banner
+
+
+def test_imagenet_dataset_ids_name_views_and_synthetic_shape():
+    from robustreg.plan import dataset_id
+
+    folder = {"source": "folder", "root": "/data/imagenet", "crop": 224, "resize": 256}
+    assert dataset_id("imagenet", folder) == "imagenet"
+    assert dataset_id("imagenet", folder | {"crop": 128, "resize": 146}) == (
+        "imagenet-crop128-resize146"
+    )
+    synthetic = folder | {
+        "source": "synthetic",
+        "synthetic": {"train": 20, "test": 10, "seed": 0, "classes": 4, "size": 40},
+        "crop": 32,
+        "resize": 36,
+    }
+    assert dataset_id("imagenet", synthetic) == (
+        "imagenet-synthetic-20-10-c4-40px-seed0-crop32-resize36"
+    )
+
+
+def test_unknown_certifier_is_refused_by_the_schema():
+    schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
+    overlay = {"tables": {"figure2_adre_models": {"rows": {"cifar_tcertify": {"certifier": "x"}}}}}
+    with pytest.raises(ConfigError, match="certifier"):
+        validate_config(merged(overlay), schema)

@@ -1,6 +1,6 @@
 """The SLURM profile (workflow/profiles/slurm) against a real single-node SLURM started by
-scripts/local-slurm: micro Table 2 with every train and certify job a SLURM job (seen by
-sacct with its rule's request), rendering the same table as the local run of micro_run.
+scripts/local-slurm: micro Table 2's σ = 0.25 models with every train and certify job a SLURM
+job (seen by sacct with its rule's request), certifying exactly as the local run of micro_run.
 
 Needs root (the script installs SLURM with apt-get when absent and starts its daemons); the
 test is skipped, with the script's reason, where SLURM cannot be started, unless
@@ -12,16 +12,23 @@ import os
 import re
 import subprocess
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 import yaml
 from conftest import REPO, snakemake, workflow_copy
+
+from robustreg.certify import read_certify_log
+from robustreg.tables.render import build_frame, load_cells
 
 SCRIPT = REPO / "scripts" / "local-slurm"
 TARGET = "reports/table2_mnist.md"
 # The test cluster has no GPUs: sbatch refuses --gpus, so the GPU request is turned off the
 # way a user of a GPU-less cluster would (the plugin then emits no GPU option at all).
 NO_GPU = {"resources": {"train": {"gpu": 0}, "certify": {"gpu": 0}}}
+# One sigma of Table 2: six models, each a train and a certify job, are every kind of job the
+# profile submits; the other twelve would only repeat them (about five minutes of CI).
+ONE_SIGMA = {"tables": {"table2_mnist": {"sigmas": [0.25]}}}
 SACCT_FIELDS = "JobIDRaw,JobName,State,Partition,Account,ReqCPUS,ReqMem,Timelimit,ReqTRES,Comment"
 
 
@@ -70,7 +77,7 @@ def test_micro_table2_runs_as_slurm_jobs_and_matches_the_local_run(
 ):
     partition, account = slurm_cluster
     workdir = workflow_copy(tmp_path)
-    (workdir / "no_gpu.yaml").write_text(yaml.safe_dump(NO_GPU))
+    (workdir / "no_gpu.yaml").write_text(yaml.safe_dump(NO_GPU | ONE_SIGMA))
     since = (datetime.now() - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S")
     proc = snakemake(
         workdir,
@@ -106,7 +113,7 @@ def test_micro_table2_runs_as_slurm_jobs_and_matches_the_local_run(
             f"{p.parent.name}_{p.stem}" for p in (workdir / "logs" / "certify").glob("*/*.log")
         ),
     }
-    assert (len(expected["train"]), len(expected["certify"])) == (18, 18)
+    assert (len(expected["train"]), len(expected["certify"])) == (6, 6)
     micro = yaml.safe_load((workdir / "micro.yaml").read_text())["resources"]
     slurm_logs = workdir / ".snakemake" / "slurm_logs"
     for rule, wildcards in expected.items():
@@ -127,9 +134,22 @@ def test_micro_table2_runs_as_slurm_jobs_and_matches_the_local_run(
         "rule_certify",
     }
     assert others == {"rule_dataset"}
-    assert len(jobs) == 18 + 18 + 1
+    assert len(jobs) == 6 + 6 + 1
 
     # The local run of the same configuration and seeds (conftest's session fixture, asked
-    # for only now, so that a machine without SLURM skips before that ten-minute run).
+    # for only now, so that a machine without SLURM skips before that ten-minute run) trained
+    # the same six models (same ids): their per-image certificates are the same, and so are
+    # the Table 2 cells they fill.
     micro_run = request.getfixturevalue("micro_run")
-    assert (workdir / TARGET).read_text() == (micro_run / TARGET).read_text()
+    logs = sorted((workdir / "results" / "certify").glob("*/*/certify.tsv"))
+    assert len(logs) == 6
+    for log in logs:
+        ours = read_certify_log(log).drop(columns="time")
+        local = read_certify_log(micro_run / log.relative_to(workdir)).drop(columns="time")
+        assert ours.equals(local), log
+    cells = Path("results") / "tables" / "table2_mnist.cells.yaml"
+    ours = build_frame(load_cells(workdir / cells))
+    local = build_frame(load_cells(micro_run / cells))
+    ours = ours[ours.ours.notna()].reset_index(drop=True)
+    assert len(ours) == 6 * 12 and set(ours.group) == {0.25}  # 6 rows x (ACR + 11 radii)
+    assert ours.equals(local[local.group == 0.25].reset_index(drop=True))

@@ -28,6 +28,7 @@ import re
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
+from scipy.special import bdtr
 from scipy.stats import beta, binomtest, norm
 
 from robustreg.io import write_text_atomic
@@ -78,6 +79,18 @@ def _as_count_matrix(counts: ArrayLike, name: str) -> np.ndarray:
     return as_int.reshape(-1, as_int.shape[-1])
 
 
+def _count_pair(counts0: ArrayLike, counts: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Selection and estimation counts as [N, C] matrices of the same shape."""
+    selection = _as_count_matrix(counts0, "counts0")
+    estimation = _as_count_matrix(counts, "counts")
+    if selection.shape != estimation.shape:
+        raise ValueError(
+            f"counts0 and counts must have the same shape, got {selection.shape} and "
+            f"{estimation.shape}"
+        )
+    return selection, estimation
+
+
 def certify(
     counts0: ArrayLike, counts: ArrayLike, sigma: float, alpha: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -105,13 +118,7 @@ def certify(
     Returns:
         (prediction int64 [N], radius float64 [N], pA_lower float64 [N]).
     """
-    selection = _as_count_matrix(counts0, "counts0")
-    estimation = _as_count_matrix(counts, "counts")
-    if selection.shape != estimation.shape:
-        raise ValueError(
-            f"counts0 and counts must have the same shape, got {selection.shape} and "
-            f"{estimation.shape}"
-        )
+    selection, estimation = _count_pair(counts0, counts)
     if sigma <= 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
     top = np.argmax(selection, axis=1)
@@ -325,3 +332,159 @@ def read_certify_log(path: str | os.PathLike) -> pd.DataFrame:
             )
     dtypes = {c: np.int64 if c in _INT_COLUMNS else np.float64 for c in LOG_COLUMNS}
     return pd.DataFrame({c: np.asarray(values[c], dtype=dtypes[c]) for c in LOG_COLUMNS})
+
+
+# T-CERTIFY of Feng et al. (2020), "Regularized Training and Tight Certification for Randomized
+# Smoothed Classifier with Provable Robustness" (AAAI), from the same stored counts.
+
+TCERTIFY_GRID: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# 2**-40 < 1e-12: the bisection of ``generalized_upper_bound`` stops this close to Eq. 14's bound.
+_BISECTION_STEPS = 40
+
+
+def generalized_upper_bound(others: ArrayLike, trials: ArrayLike, level: ArrayLike):
+    """Upper confidence bound on the runner-up probability pB, Eq. 14 of Feng et al. (2020):
+
+        pB_upper = inf{ p : sum_j P(Bin(n, p) <= N_j) <= level },
+
+    where N_j runs over the counts of every class except the predicted one, n = ``trials`` and
+    level = alpha - alpha'. If N_c ~ Bin(n, p_c) is the count of the true runner-up c, then
+    pB_upper < p_c implies P(Bin(n, p_c) <= N_c) <= level (the sum is decreasing in p), which
+    happens with probability at most level (proof of Proposition 1). With one other class this is
+    the one-sided Clopper-Pearson upper bound B^-1(1 - level; N + 1, n - N).
+
+    The sum is continuous and decreasing in p, so the bound is found by bisection on [0, 1],
+    vectorized over all bounds at once; the end returned is the one where the sum is already
+    <= level, so the bound is never too small and at most 2**-40 above Eq. 14's. level <= 0 gives
+    1.0 (the bound is trivial), level >= C - 1 gives 0.0 (the sum is at most C - 1), and an empty
+    set (some N_j = n with level < 1) gives 1.0.
+
+    Args:
+        others: counts of the classes other than the predicted one, [..., C - 1] with C - 1 >= 1.
+        trials: n, broadcastable to others.shape[:-1], with others <= trials.
+        level: alpha - alpha', broadcastable to others.shape[:-1].
+
+    Returns:
+        float64 bounds of the broadcast shape of others.shape[:-1], trials and level; a float
+        when that shape is ().
+    """
+    counts = np.asarray(others)
+    if counts.ndim == 0 or counts.shape[-1] == 0:
+        raise ValueError(f"others must have shape [..., C - 1] with C - 1 >= 1, got {counts.shape}")
+    counts = _as_count_matrix(counts.reshape(-1, counts.shape[-1]), "others").reshape(counts.shape)
+    n = np.asarray(trials)
+    if not np.array_equal(n.astype(np.int64), n) or np.any(counts > n[..., None]):
+        raise ValueError("trials must be whole numbers with 0 <= others <= trials")
+    level_arr = np.asarray(level, dtype=np.float64)
+    if np.any(np.isnan(level_arr)):
+        raise ValueError("level must not be nan")
+    classes = counts.shape[-1]
+    shape = np.broadcast_shapes(counts.shape[:-1], n.shape, level_arr.shape)
+    values, weights = _distinct_counts(counts)
+    values = np.broadcast_to(values, (*shape, values.shape[-1]))
+    weights = np.broadcast_to(weights, values.shape)
+    n = np.broadcast_to(n, shape)[..., None]
+    level_arr = np.broadcast_to(level_arr, shape)
+    lo, hi = np.zeros(shape), np.ones(shape)
+    for _ in range(_BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        below = (weights * bdtr(values, n, mid[..., None])).sum(axis=-1) <= level_arr
+        hi = np.where(below, mid, hi)
+        lo = np.where(below, lo, mid)
+    # Explicit because bdtr underflows to 0 (n = 1e5, p = 1/2), which would meet "sum <= 0".
+    upper = np.where(level_arr <= 0, 1.0, np.where(level_arr >= classes, 0.0, hi))
+    return float(upper) if upper.ndim == 0 else upper
+
+
+def _distinct_counts(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's distinct counts and how often each occurs, [..., U] both (U the most distinct
+    values of any row; padding has weight 0), so Eq. 14's sum costs U terms, not C - 1: of
+    ImageNet's 999 other classes, most have the same few counts (mostly 0)."""
+    flat = np.sort(counts.reshape(-1, counts.shape[-1]), axis=1)
+    width = flat.shape[1]
+    starts = np.ones(flat.shape, dtype=bool)
+    starts[:, 1:] = flat[:, 1:] != flat[:, :-1]
+    # The positions where runs of equal counts start, first in each row (padding: width).
+    first = np.sort(np.where(starts, np.arange(width), width), axis=1)[:, : starts.sum(1).max()]
+    ends = np.concatenate([first[:, 1:], np.full((len(flat), 1), width)], axis=1)
+    weights = np.where(first < width, ends - first, 0)
+    values = np.take_along_axis(flat, np.minimum(first, width - 1), axis=1)
+    lead = counts.shape[:-1]
+    return values.reshape(*lead, -1), weights.reshape(*lead, -1)
+
+
+def t_certify(
+    counts0: ArrayLike,
+    counts: ArrayLike,
+    sigma: float,
+    alpha: float,
+    grid: tuple[float, ...] = TCERTIFY_GRID,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Algorithm 2 (T-CERTIFY) of Feng et al. (2020), from stored counts.
+
+    Per image, with n = sum_c counts[c], cA = argmax_c counts0[c] (ties -> lowest index, as in
+    ``certify``) and, for every alpha' = g * alpha with g in ``grid``:
+
+        pA_lower = clopper_pearson_lower(counts[cA], n, alpha')                  (Eq. 14, top)
+        pB_upper = min(generalized_upper_bound(counts[c != cA], n, alpha - alpha'),
+                       1 - pA_lower)                                              (Eq. 14, bottom)
+        r_alpha' = sigma / 2 * (Phi^-1(pA_lower) - Phi^-1(pB_upper))  if pA_lower > 1/2, else 0
+
+    and predict cA with radius max_alpha' r_alpha' if that is > 0, else ABSTAIN with radius 0.
+
+    The cap 1 - pA_lower is not in Eq. 14. Without it the grid point alpha' = alpha has level 0,
+    hence pB_upper = 1 and radius -inf, whereas the paper's Experiments state that this point
+    returns CERTIFY's radius; with it, that point gives exactly sigma * Phi^-1(pA_lower). The cap
+    is sound: on the event pA_lower <= pA, already required by Proposition 1, pB <= 1 - pA <=
+    1 - pA_lower. It also makes r_alpha' > 0 whenever pA_lower > 1/2.
+
+    CERTIFY certifies at pA_lower >= 1/2, T-CERTIFY at pA_lower > 1/2 (Algorithm 2); the two differ
+    only when pA_lower is exactly 1/2.
+
+    Guarantee: Theorem 1's proof covers one fixed alpha' (Proposition 1: failure probability at
+    most alpha' + (alpha - alpha') = alpha). The maximum over the grid is not covered by it. The
+    failure events are nested in alpha' (pA_lower grows with alpha', Eq. 14's pB_upper shrinks as
+    alpha - alpha' grows), so their union over the grid has probability at most
+    max alpha' + (alpha - min alpha'), i.e. up to alpha + (alpha - min alpha') in the worst case
+    rather than alpha. tests/test_tcertify.py measures the actual rate on simulated classifiers.
+
+    Args:
+        counts0: selection counts, [N, C] or [C] (treated as N = 1), C >= 2.
+        counts: estimation counts, same shape as counts0.
+        sigma: standard deviation of the Gaussian noise.
+        alpha: total failure probability alpha of Eq. 14, in (0, 1).
+        grid: the values alpha' / alpha searched over, each in (0, 1]; the paper uses 0.1, ..., 1.
+
+    Returns:
+        (prediction int64 [N], radius float64 [N], alpha_prime float64 [N]), where alpha_prime is
+        the alpha' attaining the radius (the first in ``grid`` order on ties; nan on abstention).
+    """
+    selection, estimation = _count_pair(counts0, counts)
+    if estimation.shape[1] < 2:
+        raise ValueError("t_certify needs at least two classes")
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    fractions = np.asarray(grid, dtype=np.float64)
+    if fractions.ndim != 1 or fractions.size == 0 or not np.all((fractions > 0) & (fractions <= 1)):
+        raise ValueError(f"grid must be a non-empty sequence of values in (0, 1], got {grid}")
+    alpha_primes = alpha * fractions
+    rows = np.arange(len(estimation))
+    top = np.argmax(selection, axis=1)
+    n = estimation.sum(axis=1)
+    others = estimation[np.arange(estimation.shape[1]) != top[:, None]].reshape(len(rows), -1)
+    # Arrays below are [N, G]: one row per image, one column per grid point.
+    p_lower = np.stack(
+        [clopper_pearson_lower(estimation[rows, top], n, a) for a in alpha_primes], axis=1
+    ).astype(np.float64)
+    p_upper = np.minimum(
+        generalized_upper_bound(others[:, None, :], n[:, None], alpha - alpha_primes), 1 - p_lower
+    )
+    radii = np.where(p_lower > 0.5, 0.5 * sigma * (norm.ppf(p_lower) - norm.ppf(p_upper)), 0.0)
+    best = np.argmax(radii, axis=1)
+    radius = radii[rows, best]
+    certified = radius > 0
+    prediction = np.where(certified, top, ABSTAIN).astype(np.int64)
+    alpha_prime = np.where(certified, alpha_primes[best], np.nan)
+    return prediction, np.where(certified, radius, 0.0), alpha_prime

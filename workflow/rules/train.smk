@@ -8,10 +8,10 @@ rule train:
         config=lambda wc: json.dumps(experiment(wc), sort_keys=True),
     log:
         "logs/train/{exp}.log",
-    threads: job_resources("train")["threads"]
+    threads: train_resource("threads")
     resources:
-        gpu=job_resources("train")["gpu"],
-        mem_mb=job_resources("train")["mem_mb"],
+        gpu=train_resource("gpu"),
+        mem_mb=train_resource("mem_mb"),
         runtime=job_resources("train")["runtime"],
     conda:
         "../../envs/robustreg.yaml"

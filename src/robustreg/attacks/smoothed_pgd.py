@@ -17,13 +17,16 @@ in [0, 1], the order used here returns a point that satisfies both constraints.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-__all__ = ["smoothed_pgd_l2", "smoothed_xent"]
+__all__ = ["AttackLoss", "smoothed_pgd_l2", "smoothed_xent"]
+
+# ``(model, x, y, noise) -> per-example loss [B]`` that the attack ascends; noise [m, B, ...].
+AttackLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def smoothed_xent(
@@ -80,11 +83,16 @@ def smoothed_pgd_l2(
     noise: torch.Tensor,
     eps: float,
     steps: int,
+    *,
+    loss: AttackLoss = smoothed_xent,
 ) -> torch.Tensor:
     """Adversarial ``x_adv`` [B, ...] for the soft-smoothed classifier, ||x_adv - x||_2 <= eps.
 
     ``x`` is a clean batch in [0, 1], ``noise`` [m, B, ...] the (already sigma-scaled) noise
-    draws, which the caller reuses for its outer loss. The model runs in eval mode (each
+    draws, which the caller reuses for its outer loss. ``loss`` is the per-example objective
+    each step ascends, evaluated with the same ``noise`` at every step; the default is
+    SmoothAdv's Eq. (4), and a method attacking another function of the smoothed classifier
+    (Feng et al.'s ADRE attack, their Eq. 13) passes its own. The model runs in eval mode (each
     submodule's mode is restored afterwards) and only the gradient w.r.t. the perturbation
     is taken (``torch.autograd.grad``), so no parameter's ``.grad`` is touched. The result is
     detached. ``eps == 0`` returns ``x`` itself.
@@ -100,9 +108,9 @@ def smoothed_pgd_l2(
     with _eval_mode(model), torch.enable_grad():
         for _ in range(steps):
             delta.requires_grad_(True)
-            loss = smoothed_xent(model, x + delta, y, noise).sum()
-            if loss.requires_grad:
-                (grad,) = torch.autograd.grad(loss, [delta], allow_unused=True)
+            total = loss(model, x + delta, y, noise).sum()
+            if total.requires_grad:
+                (grad,) = torch.autograd.grad(total, [delta], allow_unused=True)
             else:  # nothing in the model requires grad and the output ignores x
                 grad = None
             if grad is None:

@@ -10,7 +10,11 @@ from __future__ import annotations
 import timm
 from torch import nn
 
-from robustreg.models import cifar_resnet, lenet  # noqa: F401  (registers the paper architectures)
+from robustreg.models import (  # noqa: F401  (registers the paper architectures)
+    cifar_resnet,
+    imagenet,
+    lenet,
+)
 from robustreg.models.normalize import Normalize
 
 __all__ = ["Normalize", "create_model"]

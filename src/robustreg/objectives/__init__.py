@@ -1,6 +1,7 @@
 """Training methods, one file each, behind the interface in ``base``."""
 
 from robustreg.objectives import (  # noqa: F401  (each module registers its method)
+    adre,
     consistency,
     gaussian,
     macer,

@@ -3,6 +3,10 @@
 Cohen et al. train the base classifier on ``CE(f(x + delta), y)`` with
 ``delta ~ N(0, sigma^2 I)``, one draw per example and step (Jeong & Shin 2020, Sec. 2; the
 authors' ``code/train_cohen.py`` in jh-jeong/smoothing-consistency).
+
+``label_smoothing`` (default 0: plain CE) is ``F.cross_entropy``'s: the target becomes
+``(1 - ls) * e_y + ls / C``. Feng et al. 2020 (Experiments) train their ImageNet models,
+the Basic baseline of Table 1 among them, with label smoothing 0.1.
 """
 
 from __future__ import annotations
@@ -11,15 +15,16 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from robustreg.objectives.base import Objective, StepContext, register
 from robustreg.objectives.common import (
     accuracy,
     as_floats,
-    copies_xent,
     copy_logits,
     gaussian_noise,
+    require,
 )
 
 
@@ -29,10 +34,18 @@ class Gaussian(Objective):
     """``CE(f(x + delta), y)``, ``delta ~ N(0, sigma^2 I)``, one draw per example (Cohen et al.)."""
 
     name: ClassVar[str] = "gaussian"
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(
+            0 <= self.label_smoothing < 1,
+            "label_smoothing",
+            f"need 0 <= label_smoothing < 1, got {self.label_smoothing!r}",
+        )
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext
     ) -> tuple[torch.Tensor, dict[str, float]]:
         logits = copy_logits(model, x, gaussian_noise(x, 1, self.sigma))
-        loss = copies_xent(logits, y)
+        loss = F.cross_entropy(logits[0], y, label_smoothing=self.label_smoothing)
         return loss, as_floats(loss=loss, xent=loss, acc=accuracy(logits, y))

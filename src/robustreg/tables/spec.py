@@ -86,7 +86,17 @@ Figure schema (``<name>.yaml``, load with ``load_figure_spec``)::
                                        #   supplies our logs; its rows, labels, group values
                                        #   and certified-accuracy paper values are reused
                                        #   (no setting or aggregate columns)
-    rows: [gaussian, consistency]      # row keys to plot, in legend order
+    rows: [gaussian, consistency]      # row keys to plot, in legend order; required
+                                       #   without panels: then each group value gets a
+                                       #   panel with one colour per row
+    panels:                            # optional, the panels left to right: each draws
+      - title: "(a) CIFAR-10"          #   a line per (row, group value) of its rows with
+        rows: [cifar_adre, cifar_adv]  #   a log or paper values, one colour per group
+      - title: "(b) ImageNet"          #   value; a row is in one panel only. With panels,
+        rows: [imagenet_adre]          #   ``rows`` is optional and, if given, lists
+                                       #   exactly the panels' rows
+    styles: {cifar_adv: dashed}        # optional: plotted row -> line style, one of
+                                       #   LINE_STYLES (default solid)
     radius_step: 0.01                  # spacing of the radius grid of our curves
 """
 
@@ -120,6 +130,8 @@ RULES: dict[str, str] = {
 }
 
 STYLES = ("bold", "underline")
+# figure line styles, named as matplotlib names them
+LINE_STYLES = ("solid", "dashed", "dotted", "dashdot")
 LAYOUTS = ("blocks", "rows_first", "groups_as_columns")
 AGGREGATES = ("mean_std",)
 
@@ -155,7 +167,20 @@ _NOT_FOR_SETTINGS = ("percent", "better", "aggregate")
 _ROW_KEYS = {"key", "label", "groups", "baseline", "paper"}
 _RULE_KEYS = {"rule", "columns"}
 _MERGE_KEYS = {"rows", "label"}
-_FIGURE_KEYS = {"name", "kind", "source", "title", "caption", "table", "rows", "radius_step"}
+_FIGURE_KEYS = {
+    "name",
+    "kind",
+    "source",
+    "title",
+    "caption",
+    "table",
+    "rows",
+    "panels",
+    "styles",
+    "radius_step",
+}
+_OPTIONAL_FIGURE_KEYS = {"source", "rows", "panels", "styles"}
+_PANEL_KEYS = {"title", "rows"}
 
 
 @dataclass(frozen=True)
@@ -248,6 +273,12 @@ class TableSpec:
 
 
 @dataclass(frozen=True)
+class PanelSpec:
+    title: str
+    rows: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class FigureSpec:
     name: str
     path: Path
@@ -255,8 +286,13 @@ class FigureSpec:
     title: str
     caption: str
     table: str  # the table spec whose cells file and paper values the figure uses
-    rows: tuple[str, ...]
+    rows: tuple[str, ...]  # every plotted row; with panels, theirs in panel order
     radius_step: float
+    panels: tuple[PanelSpec, ...] = ()  # empty: one panel per group value of the table
+    styles: dict[str, str] = field(default_factory=dict)  # row -> line style, as given
+
+    def style(self, row: str) -> str:
+        return self.styles.get(row, "solid")
 
 
 def specs_dir() -> Path:
@@ -286,7 +322,7 @@ def load_figure_spec(name: str, directory: str | Path | None = None) -> FigureSp
     c = _Checker(path)
     if isinstance(raw, dict) and raw.get("kind", "table") != "figure":
         raise c.fail("kind", "a table spec, not a figure (kind: figure); load it with load_spec")
-    top = c.mapping(raw, "top level", _FIGURE_KEYS, _FIGURE_KEYS - {"source"})
+    top = c.mapping(raw, "top level", _FIGURE_KEYS, _FIGURE_KEYS - _OPTIONAL_FIGURE_KEYS)
     fig_name = c.string(top["name"], "name")
     if fig_name != path.stem:
         raise c.fail("name", f"{fig_name!r} differs from the file name {path.stem!r}")
@@ -304,15 +340,20 @@ def load_figure_spec(name: str, directory: str | Path | None = None) -> FigureSp
         )
     if any(col.aggregate for col in table.columns):
         raise c.fail("table", f"{table_name!r} aggregates seeds; figures draw one log per cell")
-    rows = top["rows"]
-    if not isinstance(rows, list) or not rows:
-        raise c.fail("rows", "expected a non-empty list of row keys")
-    for i, key in enumerate(rows):
-        if table.row(str(key)) is None:
-            known = ", ".join(r.key for r in table.rows)
-            raise c.fail(f"rows[{i}]", f"unknown row {key!r} of table {table_name} (rows: {known})")
-        if key in rows[:i]:
-            raise c.fail(f"rows[{i}]", f"duplicate row {key!r}")
+    rows = _figure_rows(c, top["rows"], "rows", table) if "rows" in top else None
+    panels = _parse_panels(c, top["panels"], table) if "panels" in top else ()
+    if panels:
+        plotted = tuple(key for panel in panels for key in panel.rows)
+        if rows is not None and set(rows) != set(plotted):
+            extra = [key for key in rows if key not in plotted]
+            if extra:
+                raise c.fail("rows", f"row {extra[0]!r} is in no panel")
+            missing = next(key for key in plotted if key not in rows)
+            raise c.fail("rows", f"row {missing!r} of the panels is missing")
+        rows = plotted
+    elif rows is None:
+        raise c.fail("top level", "missing key 'rows' (required without panels)")
+    styles = _parse_styles(c, top.get("styles", {}), rows)
     step = c.number(top["radius_step"], "radius_step")
     if step <= 0:
         raise c.fail("radius_step", f"expected a positive number, got {top['radius_step']!r}")
@@ -323,9 +364,56 @@ def load_figure_spec(name: str, directory: str | Path | None = None) -> FigureSp
         title=c.string(top["title"], "title"),
         caption=c.string(top["caption"], "caption"),
         table=table_name,
-        rows=tuple(str(k) for k in rows),
+        rows=rows,
         radius_step=step,
+        panels=panels,
+        styles=styles,
     )
+
+
+def _figure_rows(c: _Checker, obj: Any, where: str, table: TableSpec) -> tuple[str, ...]:
+    if not isinstance(obj, list) or not obj:
+        raise c.fail(where, "expected a non-empty list of row keys")
+    for i, key in enumerate(obj):
+        if table.row(str(key)) is None:
+            known = ", ".join(r.key for r in table.rows)
+            raise c.fail(
+                f"{where}[{i}]", f"unknown row {key!r} of table {table.name} (rows: {known})"
+            )
+        if key in obj[:i]:
+            raise c.fail(f"{where}[{i}]", f"duplicate row {key!r}")
+    return tuple(str(k) for k in obj)
+
+
+def _parse_panels(c: _Checker, obj: Any, table: TableSpec) -> tuple[PanelSpec, ...]:
+    if not isinstance(obj, list) or not obj:
+        raise c.fail("panels", "expected a non-empty list of {title, rows} mappings")
+    owner: dict[str, int] = {}  # row -> the panel that draws it
+    out: list[PanelSpec] = []
+    for i, entry in enumerate(obj):
+        where = f"panels[{i}]"
+        entry = c.mapping(entry, where, _PANEL_KEYS, _PANEL_KEYS)
+        rows = _figure_rows(c, entry["rows"], f"{where}.rows", table)
+        for j, key in enumerate(rows):
+            if key in owner:
+                raise c.fail(
+                    f"{where}.rows[{j}]", f"row {key!r} is already in panels[{owner[key]}]"
+                )
+            owner[key] = i
+        out.append(PanelSpec(title=c.string(entry["title"], f"{where}.title"), rows=rows))
+    return tuple(out)
+
+
+def _parse_styles(c: _Checker, obj: Any, rows: tuple[str, ...]) -> dict[str, str]:
+    if not isinstance(obj, dict):
+        raise c.fail("styles", "expected a mapping row -> line style")
+    for key, style in obj.items():
+        where = f"styles.{key}"
+        if key not in rows:
+            raise c.fail(where, f"row {key!r} is not plotted (rows: {', '.join(rows)})")
+        if style not in LINE_STYLES:
+            raise c.fail(where, f"unknown line style {style!r} (known: {', '.join(LINE_STYLES)})")
+    return dict(obj)
 
 
 def _read(name: str, directory: str | Path | None, what: str) -> tuple[Any, Path]:

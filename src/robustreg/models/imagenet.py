@@ -1,0 +1,39 @@
+"""ResNet-50 for ImageNet (He et al. 2016), Feng et al.'s (AAAI 2020) Table 1 network.
+
+Cohen et al. (2019) and Salman et al. (2019) train torchvision's ``resnet50`` behind a
+layer that standardizes each channel with ImageNet's statistics; Feng et al. use "a
+centering layer ... channel-wise standardization, as implemented in (Salman et al. 2019)".
+Here that is ``Normalize(IMAGENET_MEAN, IMAGENET_STD)`` followed by timm's ``resnet50``,
+so noise is added in [0, 1] pixel space.
+
+timm's ``resnet50`` is torchvision's ResNet-50 v1.5: the same 7x7 stem and max-pool,
+bottleneck blocks with the stride in the 3x3 convolution, 1x1-convolution shortcuts, and
+the same parameter names and shapes (25.6M parameters), so torchvision's weights load into
+it unchanged and give the same outputs (tests/test_imagenet_data.py checks this). timm
+zero-initializes the last batch norm of every block by default; torchvision, and with it
+Cohen et al. and Salman et al., does not, so that is switched off here.
+"""
+
+from __future__ import annotations
+
+import timm
+from timm.models import register_model
+from torch import nn
+
+from robustreg.models.normalize import Normalize
+
+# Salman et al.'s and Cohen et al.'s _IMAGENET_MEAN / _IMAGENET_STDDEV (code/datasets.py).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@register_model
+def imagenet_resnet50(
+    pretrained: bool = False, num_classes: int = 1000, **_timm_options
+) -> nn.Sequential:
+    """ResNet-50 for ImageNet behind its channel standardization; timm's factory options
+    are ignored."""
+    if pretrained:
+        raise ValueError("imagenet_resnet50 has no pretrained weights here")
+    backbone = timm.create_model("resnet50", num_classes=num_classes, zero_init_last=False)
+    return nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), backbone)
