@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -134,3 +135,107 @@ def test_augmented_training_resumes_exactly(tmp_path, cifar_split, monkeypatch):
         cifar_experiment(epochs=2), cifar_split, tmp_path / "resumed", monkeypatch
     )
     assert same_weights(full, resumed)
+
+
+# --- ATENT paper networks (appendix A.1) ----------------------------------------------------------
+
+
+def wrn_parameters(depth: int, widen: int, classes: int = 10) -> int:
+    """A WideResNet's parameters by hand: bias-free convolutions, batch norms' scale and shift."""
+    n, widths = (depth - 4) // 6, (16 * widen, 32 * widen, 64 * widen)
+    total, c_in = 3 * 16 * 9, 16
+    for width in widths:
+        # first block: bn(c_in), conv c_in -> width, bn(width), conv width -> width, 1x1 shortcut
+        total += 2 * c_in + c_in * width * 9 + 2 * width + width * width * 9 + c_in * width
+        total += (n - 1) * 2 * (2 * width + width * width * 9)
+        c_in = width
+    return total + 2 * c_in + c_in * classes + classes
+
+
+@functools.cache
+def atent_network(arch: str) -> nn.Module:
+    """One instance per architecture for the tests that only read it (WRN-34-10 is large)."""
+    torch.manual_seed(0)
+    return create_model(arch, 10)
+
+
+def test_atent_networks_have_the_published_sizes():
+    assert wrn_parameters(34, 10) == 46_160_474  # 46.16M, WRN-34-10 of TRADES and MART
+    assert parameters(atent_network("wrn34_10")) == wrn_parameters(34, 10)
+    assert parameters(create_model("wrn28_4", 10)) == wrn_parameters(28, 4) == 5_849_050
+    # SmallCNN: convolutions 1->32->32->64->64 (3x3, with bias), fc 1024->200->200->10
+    small = (9 * 32 + 32) + (9 * 32 * 32 + 32) + (9 * 32 * 64 + 64) + (9 * 64 * 64 + 64)
+    small += (1024 * 200 + 200) + (200 * 200 + 200) + (200 * 10 + 10)
+    assert parameters(create_model("small_cnn_mnist", 10)) == small == 312_202
+    # LeNet5 (Madry): 5x5 convolutions 1->32->64, fc 3136->1024->10
+    lenet5 = (25 * 32 + 32) + (25 * 32 * 64 + 64) + (3136 * 1024 + 1024) + (1024 * 10 + 10)
+    assert parameters(create_model("lenet5_madry_mnist", 10)) == lenet5 == 3_274_634
+
+
+@pytest.mark.parametrize(
+    ("arch", "shape"),
+    [
+        ("small_cnn_mnist", (2, 1, 28, 28)),
+        ("lenet5_madry_mnist", (2, 1, 28, 28)),
+        ("wrn28_4", (2, 3, 32, 32)),
+        ("wrn34_10", (2, 3, 32, 32)),
+    ],
+)
+def test_atent_networks_classify_and_pass_gradients_to_the_input(arch, shape):
+    model = atent_network(arch)
+    x = torch.rand(shape, requires_grad=True)
+    logits = model(x)
+    assert logits.shape == (2, 10)
+    if arch == "small_cnn_mnist":
+        # TRADES starts the last layer at zero, which blocks every gradient until a step
+        logits = model[1].classifier[:-1](model[1].feature_extractor(x).flatten(1))
+    logits[:, 3].sum().backward()
+    assert x.grad is not None and bool((x.grad.abs().sum(dim=(1, 2, 3)) > 0).all())
+    if arch != "wrn34_10":
+        assert create_model(arch, 7).eval()(torch.rand(shape)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("arch", ["small_cnn_mnist", "lenet5_madry_mnist", "wrn34_10"])
+def test_atent_networks_take_unnormalized_pixels(arch):
+    # TRADES, MART, MMA's MNIST model and ATENT feed [0, 1] pixels: an identity Normalize
+    first = atent_network(arch)[0]
+    assert isinstance(first, Normalize)
+    assert torch.all(first.mean == 0) and torch.all(first.std == 1)
+
+
+def test_wrn28_4_standardizes_each_image_as_advertorch():
+    # advertorch's batch_per_image_standardization: (x - mean) / max(std, 1 / sqrt(numel)),
+    # torch's unbiased std. A constant image has std 0 and is divided by the floor.
+    first = create_model("wrn28_4", 10)[0]
+    x = torch.zeros(2, 3, 32, 32)
+    x[0, :, :, :16] = 1.0  # half ones: mean 1/2, unbiased std sqrt(n / (4 (n - 1)))
+    x[1] = 0.25
+    out = first(x)
+    n = 3 * 32 * 32
+    std = math.sqrt(n / (4 * (n - 1)))
+    assert torch.allclose(out[0, 0, 0, :2], torch.tensor([0.5 / std, 0.5 / std]))
+    assert torch.allclose(out[0, 0, 0, 16:18], torch.tensor([-0.5 / std, -0.5 / std]))
+    assert torch.equal(out[1], torch.zeros(3, 32, 32))
+    assert not list(first.state_dict())  # nothing to save: the state dict is the network's
+
+
+def test_atent_networks_start_from_the_authors_initialization():
+    torch.manual_seed(0)
+    small = create_model("small_cnn_mnist", 10)[1]
+    conv = small.feature_extractor.conv4  # 64 * 64 * 9 weights, He normal with fan-in 576
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / 576), rel=0.02)
+    assert torch.all(conv.bias == 0)
+    assert torch.all(small.classifier.fc3.weight == 0) and torch.all(small.classifier.fc3.bias == 0)
+    wrn = create_model("wrn28_4", 10)[1]
+    conv = wrn.block3[1].conv2  # 256 -> 256 channels, fan-out He normal
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (9 * 256)), rel=0.02)
+    assert torch.all(wrn.fc.bias == 0)
+
+
+def test_atent_networks_reject_bad_depths_and_pretrained_weights():
+    from robustreg.models.wide_resnet import WideResNet, wrn34_10
+
+    with pytest.raises(ValueError, match=r"6n \+ 4"):
+        WideResNet(30, 10)
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        wrn34_10(pretrained=True)

@@ -27,6 +27,7 @@ from robustreg.objectives import (
     build_objective,
     parameter_names,
     resolve_params,
+    uses_sigma,
 )
 from robustreg.objectives.consistency import Consistency, consistency_regularizer
 from robustreg.objectives.gaussian import Gaussian
@@ -41,7 +42,17 @@ REQUIRED = {
     "consistency": {"lbd": 10.0},
     "adre_reg": {"lbd": 0.1},
     "adre_adv": {"lbd": 0.1, "eps": 0.5, "steps": 2},
+    "pgd_at": {"norm": "linf", "eps": 0.1, "steps": 2, "step_size": 0.05},
+    "trades": {"eps": 0.1, "steps": 2, "step_size": 0.05},
+    "mart": {"steps": 2},
+    "mma": {"norm": "l2", "hinge_max": 0.3, "init_eps": 0.1, "steps": 2, "search_steps": 2},
+    "atent": {"norm": "l2", "gamma": 0.05, "steps": 2, "step_size": 0.1, "init_radius": 0.2},
 }
+
+
+def noise_level(method: str, sigma: float) -> float | None:
+    """``sigma`` for a method that trains with Gaussian noise; None for one that does not."""
+    return sigma if uses_sigma(method) else None
 
 
 class Recorder(nn.Module):
@@ -445,6 +456,20 @@ EXPECTED_PARAMS = {
     "macer": ["m", "lbd", "gamma", "beta", "deferred_epochs"],
     "adre_reg": ["k", "lbd", "per_term", "label_smoothing"],
     "adre_adv": ["k", "eps", "steps", "warmup_epochs", "lbd", "label_smoothing"],
+    "standard": [],
+    "pgd_at": ["norm", "eps", "steps", "step_size", "attack_mode"],
+    "trades": ["norm", "eps", "steps", "step_size", "beta", "noise"],
+    "mart": ["norm", "eps", "steps", "step_size", "beta"],
+    "mma": [
+        "norm",
+        "hinge_max",
+        "init_eps",
+        "steps",
+        "step_scale",
+        "search_steps",
+        "clean_loss_coeff",
+    ],  # fmt: skip
+    "atent": ["norm", "gamma", "steps", "step_size", "noise", "alpha", "init_radius"],
 }
 
 
@@ -476,9 +501,19 @@ def test_build_objective_rejects_nonpositive_sigma(sigma):
         build_objective("gaussian", sigma, {})
 
 
+def test_methods_without_noise_take_no_sigma():
+    assert not uses_sigma("atent") and uses_sigma("gaussian")
+    with pytest.raises(ValueError, match="'atent' trains without Gaussian noise"):
+        build_objective("atent", 0.25, REQUIRED["atent"])
+    with pytest.raises(ValueError, match="sigma must be > 0 for method 'gaussian'"):
+        build_objective("gaussian", None, {})
+
+
 def test_batch_split():
     splits = {
-        method: build_objective(method, 0.5, REQUIRED.get(method, {})).batch_split
+        method: build_objective(
+            method, noise_level(method, 0.5), REQUIRED.get(method, {})
+        ).batch_split
         for method in REGISTRY
     }
     assert splits == {
@@ -490,7 +525,7 @@ def test_batch_split():
         "macer": 1,
         "adre_reg": 1,
         "adre_adv": 1,
-    }
+    } | dict.fromkeys(["standard", "pgd_at", "trades", "mart", "mma", "atent"], 1)
     assert build_objective("consistency", 0.5, {"lbd": 1.0, "m": 3}).batch_split == 3
 
 
@@ -501,7 +536,7 @@ def test_every_method_trains_a_lenet(method):
     model.train()
     x = torch.rand(4, 1, 28, 28)
     y = torch.randint(0, 10, (4,))
-    obj = build_objective(method, 0.5, REQUIRED.get(method, {}))
+    obj = build_objective(method, noise_level(method, 0.5), REQUIRED.get(method, {}))
     loss, logs = obj(model, x, y, StepContext(epoch=3, epochs=90))
     assert loss.dim() == 0 and torch.isfinite(loss)
     assert all(type(v) is float and math.isfinite(v) for v in logs.values())
@@ -529,7 +564,7 @@ def test_every_method_any_image_shape_and_device(method, device):
     params = dict(REQUIRED.get(method, {}))
     if "m" in parameter_names(method):
         params["m"] = 2
-    loss, _ = build_objective(method, 0.25, params)(model, x, y, CTX)
+    loss, _ = build_objective(method, noise_level(method, 0.25), params)(model, x, y, CTX)
     assert loss.device.type == device and torch.isfinite(loss)
 
 
@@ -542,7 +577,7 @@ def test_every_method_under_bfloat16_autocast(method):
     if "m" in parameter_names(method):
         params["m"] = 2
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, logs = build_objective(method, 0.25, params)(model, x, y, CTX)
+        loss, logs = build_objective(method, noise_level(method, 0.25), params)(model, x, y, CTX)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert all(math.isfinite(v) for v in logs.values())
     loss.backward()

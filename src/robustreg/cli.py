@@ -1,6 +1,6 @@
 """``python -m robustreg <command>``: the commands the Snakemake rules call.
 
-Commands: data, train, certify, tcertify, table, figure, index. Every command is usable
+Commands: data, train, certify, tcertify, attack, table, figure, index. Every command is usable
 without Snakemake. Errors in the user's input end the command with one line naming the bad
 file or key (exit status 2); a training run whose loss becomes NaN ends with status 3 and
 writes no model.
@@ -9,6 +9,7 @@ writes no model.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from robustreg.data import DataUnavailable
-from robustreg.io import atomic_path, write_text_atomic
+from robustreg.io import ResumableLog, atomic_path, write_text_atomic
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,6 +86,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", required=True, type=Path, help="per-image log (certify.tsv format)")
 
+    p = sub.add_parser("attack", help="attack a model on a test split, one outcome per image")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, help="prepared test split (.npz)")
+    p.add_argument(
+        "--attack-json",
+        required=True,
+        help='the attack as JSON, e.g. {"kind": "pgd", "norm": "l2", "eps": 2.0, "steps": 40, '
+        '"step_size": 0.25} (robustreg.attacks.suite)',
+    )
+    p.add_argument("--skip", default=1, type=int, help="attack every skip-th test image")
+    p.add_argument("--max-images", default=None, type=int)
+    p.add_argument("--batch-size", default=100, type=int)
+    p.add_argument("--seed", default=0, type=int)
+    p.add_argument("--out-dir", required=True, type=Path)
+    _device_args(p)
+
     p = sub.add_parser("table", help="render a paper table from certify logs")
     p.add_argument("--cells", required=True, type=Path, help="YAML mapping table cells to logs")
     p.add_argument("--md", required=True, type=Path)
@@ -108,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": _train,
         "certify": _certify,
         "tcertify": _tcertify,
+        "attack": _attack,
         "table": _table,
         "figure": _figure,
         "index": _index,
@@ -323,11 +341,43 @@ def _train_process(args, config: dict, *, rank: int, device: torch.device | None
     return 0
 
 
-def _certify(args) -> int:
-    import hashlib
-
-    from robustreg.certify import certify, write_certify_log
+def _selected_images(args) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """The split positions that --skip and --max-images select, and those images and labels."""
     from robustreg.data import load_test_images, split_size
+
+    keep = np.arange(0, split_size(args.data), args.skip)[: args.max_images]
+    # Only the selected images: an ImageNet split decodes just those files.
+    x, y = load_test_images(args.data, keep)
+    return keep, x, y
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _identity(args, device: torch.device, **settings) -> dict:
+    """The identity of a per-image progress log: the model and data files (by content), the
+    command's own ``settings``, and the batch size, seed, device type and torch version."""
+    return {
+        "model_sha256": _sha256(args.model),
+        "data_sha256": _sha256(args.data),
+        **settings,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "device": device.type,
+        "torch": torch.__version__,
+    }
+
+
+def _progress_log(log_class: type[ResumableLog], args, identity: dict) -> ResumableLog:
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    # Not a declared output of the Snakemake rule, so a killed job's progress survives it.
+    return log_class(args.out_dir / "partial.jsonl", identity)
+
+
+def _certify(args) -> int:
+    from robustreg.certify import certify, write_certify_log
     from robustreg.smoothing import ProgressLog, certify_counts
     from robustreg.train import load_model
 
@@ -335,31 +385,12 @@ def _certify(args) -> int:
         raise ValueError("need sigma > 0, n0 >= 1, n >= 1 and 0 < alpha < 1")
     device = _setup_device(args)
     model, config = load_model(args.model, device)
-    keep = np.arange(0, split_size(args.data), args.skip)[: args.max_images]
-    # Only the selected images: an ImageNet split decodes just those files.
-    x, y = load_test_images(args.data, keep)
-
-    def sha256(path: Path) -> str:
-        with open(path, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
-
+    keep, x, y = _selected_images(args)
     # Everything an image's counts depend on (see robustreg.smoothing): records of a run that
     # differs in any of these are never mixed in. Alpha and the selection of images are not
     # among them; the results are computed from all selected images' counts at the end.
-    identity = {
-        "model_sha256": sha256(args.model),
-        "data_sha256": sha256(args.data),
-        "sigma": args.sigma,
-        "n0": args.n0,
-        "n": args.n,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-        "device": device.type,
-        "torch": torch.__version__,
-    }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    # Not a declared output of the Snakemake rule, so a killed job's progress survives it.
-    progress = ProgressLog(args.out_dir / "partial.jsonl", identity)
+    identity = _identity(args, device, sigma=args.sigma, n0=args.n0, n=args.n)
+    progress = _progress_log(ProgressLog, args, identity)
     with progress:
         result = certify_counts(
             model,
@@ -409,6 +440,61 @@ def _tcertify(args) -> int:
     write_certify_log(
         args.out, stored["idx"], stored["label"], prediction, radius, stored["seconds"]
     )
+    return 0
+
+
+def _attack(args) -> int:
+    from robustreg.attacks.suite import OutcomeLog, build_attack, run_attack, write_outcomes
+    from robustreg.train import load_model
+
+    # The attack first: a bad key is reported before anything heavy is loaded.
+    try:
+        spec = json.loads(args.attack_json)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--attack-json: not valid JSON ({err})") from None
+    attack = build_attack(spec)
+    if (
+        args.skip < 1
+        or args.batch_size < 1
+        or (args.max_images is not None and args.max_images < 0)
+    ):
+        raise ValueError("need --skip >= 1, --batch-size >= 1 and --max-images >= 0")
+    device = _setup_device(args)
+    model, _ = load_model(args.model, device)
+    keep, x, y = _selected_images(args)
+    library = attack.library()
+    # Everything an image's outcome depends on (see run_attack): records of a run that differs
+    # in any of these are never mixed in. --max-images is not among them: batches are always
+    # the same slices from the first selected image, so a longer run extends a shorter one.
+    identity = _identity(args, device, attack=attack.settings(), skip=args.skip, **library)
+    log = _progress_log(OutcomeLog, args, identity)
+    with log:
+        result = run_attack(
+            model,
+            x,
+            y,
+            attack,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            device=device,
+            progress=not args.no_progress,
+            indices=keep,
+            done=log.resume(),
+            on_batch=log.append,
+        )
+    write_outcomes(args.out_dir / "outcomes.tsv", result)
+    summary = {
+        "attack": attack.settings(),
+        **library,
+        "model_sha256": identity["model_sha256"],
+        "data_sha256": identity["data_sha256"],
+        "images": len(keep),
+        "skip": args.skip,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+    }
+    write_text_atomic(args.out_dir / "attack.json", json.dumps(summary, indent=2, sort_keys=True))
+    log.remove()
     return 0
 
 

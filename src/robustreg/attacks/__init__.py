@@ -1,1 +1,2 @@
-"""Attacks used inside training objectives (pure functions, no optimizer or parameter state)."""
+"""Attacks: the PGD family (``pgd``; ``smoothed_pgd`` for smoothed classifiers), used in
+training and in the attack stage, whose registry of attacks and runner are ``suite``."""

@@ -17,11 +17,12 @@ in [0, 1], the order used here returns a point that satisfies both constraints.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from robustreg.attacks.pgd import eval_mode
 
 __all__ = ["AttackLoss", "smoothed_pgd_l2", "smoothed_xent"]
 
@@ -47,18 +48,6 @@ def smoothed_xent(
     mean_prob = torch.softmax(logits.view(m, batch, -1), dim=-1).mean(dim=0)
     p_y = mean_prob.gather(1, y.view(-1, 1)).squeeze(1)
     return -torch.log(p_y.clamp(min=1e-20))
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode; give each its own previous mode back afterwards."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def _unit_rows(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,7 +94,7 @@ def smoothed_pgd_l2(
     noise = noise.detach()
     step_size = 2.0 * eps / steps
     delta = torch.zeros_like(x)
-    with _eval_mode(model), torch.enable_grad():
+    with eval_mode(model), torch.enable_grad():
         for _ in range(steps):
             delta.requires_grad_(True)
             total = loss(model, x + delta, y, noise).sum()

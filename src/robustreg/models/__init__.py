@@ -14,6 +14,9 @@ from robustreg.models import (  # noqa: F401  (registers the paper architectures
     cifar_resnet,
     imagenet,
     lenet,
+    lenet5,
+    small_cnn,
+    wide_resnet,
 )
 from robustreg.models.normalize import Normalize
 

@@ -2,12 +2,18 @@
 
 from robustreg.objectives import (  # noqa: F401  (each module registers its method)
     adre,
+    atent,
     consistency,
     gaussian,
     macer,
+    mart,
+    mma,
+    pgd_at,
     smoothadv,
     smoothadv_consistency,
     stability,
+    standard,
+    trades,
 )
 from robustreg.objectives.base import (
     REGISTRY,
@@ -15,8 +21,10 @@ from robustreg.objectives.base import (
     StepContext,
     build_objective,
     describe,
+    keeps_state,
     parameter_names,
     resolve_params,
+    uses_sigma,
 )
 
 __all__ = [
@@ -25,6 +33,8 @@ __all__ = [
     "StepContext",
     "build_objective",
     "describe",
+    "keeps_state",
     "parameter_names",
     "resolve_params",
+    "uses_sigma",
 ]

@@ -19,17 +19,36 @@ from torch import nn
 
 @dataclass(frozen=True)
 class StepContext:
-    """Where the training loop is when it asks for a loss (epochs count from 0)."""
+    """Where the training loop is when it asks for a loss (epochs count from 0), and which
+    examples the batch holds.
+
+    ``indices`` [B] (int64, on the batch's device) are the batch's positions in the training
+    split of ``num_examples`` images: positions in the whole split, so images held out for
+    early stopping keep theirs and never appear. ``state`` is given to a method that
+    ``keeps_state`` only: a dict the loop keeps for the whole run and saves in its
+    checkpoint (not in the model), in which the method keeps tensors over the split's
+    examples, indexed by those positions (MMA: each example's last margin); it adds its
+    entries on first use. Called outside the loop (``state`` None) a method runs without them.
+    """
 
     epoch: int
     epochs: int
+    indices: torch.Tensor | None = None
+    num_examples: int | None = None
+    state: dict[str, torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if self.state is not None and (self.indices is None or self.num_examples is None):
+            raise ValueError("state: needs the batch's indices and the split's num_examples")
 
 
 @dataclass(frozen=True)
 class Objective:
     """Base class: subclasses add their hyperparameters as dataclass fields.
 
-    ``sigma`` is the Gaussian noise level in [0, 1] pixel units; every method gets it.
+    ``sigma`` is the Gaussian noise level in [0, 1] pixel units. Methods that train without
+    Gaussian noise (adversarial training, ATENT: ``uses_sigma = False``) get ``None``; a
+    randomized-smoothing certificate of such a model takes its sigma from the certification.
     ``batch_split`` tells the training loop to cut each loaded batch into that many
     equal chunks and take one optimizer step per chunk, as the SmoothAdv and
     consistency authors do (Salman et al.'s and Jeong & Shin's ``_chunk_minibatch``),
@@ -39,7 +58,10 @@ class Objective:
     name: ClassVar[str] = ""
     # Fixed traits a settings table prints beside the hyperparameters (SmoothAdv's attack).
     traits: ClassVar[dict[str, str]] = {}
-    sigma: float
+    uses_sigma: ClassVar[bool] = True
+    # Whether the method keeps per-example tensors across steps in ``StepContext.state``.
+    keeps_state: ClassVar[bool] = False
+    sigma: float | None
 
     @property
     def batch_split(self) -> int:
@@ -93,11 +115,24 @@ def describe(method: str, params: dict) -> dict:
     return {"method": method, **_lookup(method).traits, **resolve_params(method, params)}
 
 
-def build_objective(method: str, sigma: float, params: dict) -> Objective:
+def uses_sigma(method: str) -> bool:
+    """Whether ``method`` trains with Gaussian noise of a level sigma."""
+    return _lookup(method).uses_sigma
+
+
+def keeps_state(method: str) -> bool:
+    """Whether ``method`` keeps per-example state across steps (``StepContext.state``)."""
+    return _lookup(method).keeps_state
+
+
+def build_objective(method: str, sigma: float | None, params: dict) -> Objective:
     """Instantiate a registered method; the single entry point the training loop uses."""
-    if sigma <= 0:
-        raise ValueError(f"sigma must be > 0, got {sigma}")
-    return _lookup(method)(sigma=sigma, **resolve_params(method, params))
+    cls = _lookup(method)
+    if cls.uses_sigma and (sigma is None or sigma <= 0):
+        raise ValueError(f"sigma must be > 0 for method {method!r}, got {sigma}")
+    if not cls.uses_sigma and sigma is not None:
+        raise ValueError(f"method {method!r} trains without Gaussian noise: sigma must be unset")
+    return cls(sigma=sigma, **resolve_params(method, params))
 
 
 def _lookup(method: str) -> type[Objective]:

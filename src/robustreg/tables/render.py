@@ -19,6 +19,16 @@ id of the experiment that trains with them::
       - {row: cifar10, sigma: 0.25, settings: {method: smoothadv, attack: PGD, steps: 10,
          eps: 0.996, m: 4}, experiment: cifar10-cifar_resnet110-smoothadv-s0.25-abc123}
 
+A cell of an attack table (columns with metric ``robust_accuracy``) gives, per column, the
+per-image outcome file of the attack that column reports (``robustreg attack`` writes them);
+a column left out renders as missing::
+
+      - {row: trades, eps: 0.3, outcomes: {benign: ../attacks/abc/none-1a2b/outcomes.tsv,
+         pgd20: ../attacks/abc/pgd20-3c4d/outcomes.tsv}}
+
+A row the spec marks ``cited`` has no cell; a column a row marks ``not_evaluated`` has no
+outcome file.
+
 The whole file is validated before any log is read. A (row, group) pair without a cell
 renders as missing; the paper's value is only ever shown in its own slot, in parentheses
 after ours.
@@ -41,7 +51,15 @@ import yaml
 
 from robustreg.certify import average_certified_radius, certified_accuracy, read_certify_log
 from robustreg.io import write_text_atomic
-from robustreg.tables.spec import RULES, ColumnSpec, RuleSpec, TableSpec, load_spec
+from robustreg.tables.spec import (
+    ATTACKS,
+    RULES,
+    ColumnSpec,
+    RowSpec,
+    RuleSpec,
+    TableSpec,
+    load_spec,
+)
 
 __all__ = ["Cell", "CellsFile", "build_frame", "load_cells", "render_table"]
 
@@ -67,6 +85,7 @@ class Cell:
     log_texts: tuple[str, ...] = ()  # as written in the cells file
     settings: dict[str, Any] = field(default_factory=dict)  # settings tables
     experiment: str | None = None  # settings tables: the model these settings train
+    outcomes: dict[str, Path] = field(default_factory=dict)  # attack tables: column -> file
 
 
 @dataclass(frozen=True)
@@ -113,7 +132,7 @@ def load_cells(
         raise fail(f"banner: expected a non-empty string, got {banner!r}")
 
     gkey = spec.group.key
-    source = "settings" if spec.settings else "log"
+    source = {"settings": "settings", ATTACKS: "outcomes"}.get(spec.values_from, "log")
     entries = raw.get("cells")
     if not isinstance(entries, list):
         raise fail(f"cells: expected a list of {{row, {gkey}, {source}}} mappings")
@@ -137,6 +156,8 @@ def load_cells(
         if row_spec is None:
             known = ", ".join(r.key for r in spec.rows)
             raise fail(f"{where}: unknown row {row!r} for table {spec.name} (rows: {known})")
+        if row_spec.cited:
+            raise fail(f"{where}: row {row!r} is cited from {row_spec.cited}; it has no cell")
         group = spec.group.match(entry[gkey])
         if group is None:
             known = ", ".join(spec.group.text(v) for v in spec.group.values)
@@ -158,6 +179,19 @@ def load_cells(
         if spec.settings:
             cells.append(
                 _settings_cell(entry, row, group, spec, lambda m, w=where: fail(f"{w}: {m}"))
+            )
+        elif spec.values_from == ATTACKS:
+            outcomes = _outcome_texts(
+                entry["outcomes"], row_spec, spec, lambda m, w=where: fail(f"{w}: outcomes: {m}")
+            )
+            cells.append(
+                Cell(
+                    row=row,
+                    group=group,
+                    logs=tuple(_resolve(t, path.parent) for t in outcomes.values()),
+                    log_texts=tuple(outcomes.values()),
+                    outcomes={k: _resolve(t, path.parent) for k, t in outcomes.items()},
+                )
             )
         else:
             texts = _log_texts(entry["log"], spec, lambda m, w=where: fail(f"{w}: log: {m}"))
@@ -183,6 +217,22 @@ def _log_texts(value: Any, spec: TableSpec, fail: Callable[[str], ValueError]) -
         if not isinstance(text, str) or not text.strip():
             raise fail(f"expected a path, got {text!r}")
     return tuple(texts)
+
+
+def _outcome_texts(
+    value: Any, row: RowSpec, spec: TableSpec, fail: Callable[[str], ValueError]
+) -> dict[str, str]:
+    if not isinstance(value, dict) or not value:
+        raise fail("expected a mapping column -> outcome file")
+    for key, text in value.items():
+        if spec.column(str(key)) is None:
+            known = ", ".join(c.key for c in spec.columns)
+            raise fail(f"unknown column {key!r} (columns: {known})")
+        if key in row.not_evaluated:
+            raise fail(f"column {key!r} is not evaluated for row {row.key!r}, as in the paper")
+        if not isinstance(text, str) or not text.strip():
+            raise fail(f"{key}: expected a path, got {text!r}")
+    return {str(k): v for k, v in value.items()}
 
 
 def _resolve(text: str, folder: Path) -> Path:
@@ -229,11 +279,14 @@ METRIC_FUNCS: dict[str, Callable[[np.ndarray, np.ndarray, ColumnSpec], float]] =
 
 def _read_logs(cells: CellsFile) -> dict[Path, pd.DataFrame]:
     """Every log the cells file lists, each read once (a ValueError names a bad file)."""
+    read = read_certify_log
+    if cells.spec.values_from == ATTACKS:
+        from robustreg.attacks.suite import read_outcomes as read
     logs: dict[Path, pd.DataFrame] = {}
     for cell in cells.cells:
         for path in cell.logs:
             if path not in logs:
-                logs[path] = read_certify_log(path)
+                logs[path] = read(path)
     return logs
 
 
@@ -246,6 +299,8 @@ def _our_values(cells: CellsFile) -> pd.DataFrame:
     for cell in cells.cells:
         if spec.settings:
             values = [[cell.settings[c.param] for c in spec.columns]]
+        elif spec.values_from == ATTACKS:
+            values = [_outcome_values(cell, logs, spec)]
         else:
             values = [_log_values(logs[path], path, spec) for path in cell.logs]
         for j, column in enumerate(spec.columns):
@@ -276,6 +331,17 @@ def _log_values(log: pd.DataFrame, path: Path, spec: TableSpec) -> list[float]:
             value = METRIC_FUNCS[column.metric](radius, correct, column)
         except ValueError as err:
             raise ValueError(f"{path}: {column.metric}: {err}") from None
+        out.append(value * 100.0 if column.percent else value)
+    return out
+
+
+def _outcome_values(cell: Cell, logs: dict[Path, pd.DataFrame], spec: TableSpec) -> list[float]:
+    """Robust accuracy per column: the fraction of attacked images still classified
+    correctly (``robust`` of the column's outcome file); NaN for a column without one."""
+    out = []
+    for column in spec.columns:
+        path = cell.outcomes.get(column.key)
+        value = math.nan if path is None else float(logs[path]["robust"].mean())
         out.append(value * 100.0 if column.percent else value)
     return out
 
@@ -536,14 +602,21 @@ def sources(cells: CellsFile, rows: tuple[str, ...] | None = None) -> list[dict[
     """Where each cell's values come from (its logs, or the experiment a settings row
     trains), labelled like the table; only ``rows`` if given."""
     spec = cells.spec
+    order = {row.key: i for i, row in enumerate(spec.rows)}
     return [
         {
             "row": c.row,
             "label": spec.row(c.row).labels[c.group],
             "group": spec.group.text(c.group),
-            "origins": [c.experiment] if c.experiment else list(c.log_texts),
+            "origins": (
+                [c.experiment]
+                if c.experiment
+                else [f"{key}: {text}" for key, text in zip(c.outcomes, c.log_texts, strict=True)]
+                if c.outcomes
+                else list(c.log_texts)
+            ),
         }
-        for c in cells.cells
+        for c in sorted(cells.cells, key=lambda c: order[c.row])
         if rows is None or c.row in rows
     ]
 
@@ -556,6 +629,9 @@ def _text(text: str) -> dict[str, Any]:
 
 
 _NOT_APPLICABLE = {"kind": "empty"}
+# a (row, column) the paper printed as "-": never evaluated, there or here
+_NOT_EVALUATED = {"kind": "dash"}
+_CITED = "cited"  # what a cited row prints in place of our value
 
 
 def _value_cells(spec: TableSpec, frame: pd.DataFrame) -> dict[tuple[str, Any], list[dict]]:
@@ -564,11 +640,15 @@ def _value_cells(spec: TableSpec, frame: pd.DataFrame) -> dict[tuple[str, Any], 
     out: dict[tuple[str, Any], list[dict]] = {}
     for rec in frame.to_dict("records"):
         j, column = index[rec["column"]]
-        paper = spec.row(rec["row"]).paper.get(rec["group"])
+        row = spec.row(rec["row"])
+        paper = row.paper.get(rec["group"])
+        if column.key in row.not_evaluated:
+            out.setdefault((rec["row"], rec["group"]), []).append(_NOT_EVALUATED)
+            continue
         out.setdefault((rec["row"], rec["group"]), []).append(
             {
                 "kind": "value",
-                "ours": _ours_text(column, rec["ours"], rec["ours_std"]),
+                "ours": _CITED if row.cited else _ours_text(column, rec["ours"], rec["ours_std"]),
                 "paper": _paper_text(column, None if paper is None else paper[j]),
                 "bold": bool(rec["bold"]),
                 "underline": bool(rec["underline"]),
@@ -718,11 +798,22 @@ def _context(cells: CellsFile, frame: pd.DataFrame) -> dict[str, Any]:
         for d in [_plain(c.paper_divide_by)]
     ]
     grid = _grid(spec, frame)
+    cited = [
+        f"{row.labels[next(iter(row.labels))]}: the paper's values are cited from "
+        f"{row.cited}, a method outside this project; nothing of ours is computed for it."
+        for row in spec.rows
+        if row.cited
+    ]
     banner = cells.banner
     if spec.settings:
         default_banner = (
             f"Our rows are the training settings listed in {cells.path.name}; the scale "
             "they were run at is not stated."
+        )
+    elif spec.values_from == ATTACKS:
+        default_banner = (
+            f"Our rows come from the attack outcome files listed in {cells.path.name}; "
+            "their scale (training and attack settings) is not stated."
         )
     else:
         default_banner = (
@@ -737,13 +828,20 @@ def _context(cells: CellsFile, frame: pd.DataFrame) -> dict[str, Any]:
         "source": spec.source,
         "group": spec.group,
         **grid,
-        "notes": divided + grid["notes"],
+        "notes": divided + grid["notes"] + cited,
         "rules": rules,
         "banner": banner,
         "default_banner": None if banner else default_banner,
         "settings": spec.settings,
+        "origin": {
+            "settings": "the training settings",
+            ATTACKS: "these attack outcome files",
+        }.get(spec.values_from, "these certification logs"),
         "not_applicable": any(
             c["kind"] == "empty" for lines in grid["blocks"] for line in lines for c in line
+        ),
+        "not_evaluated": any(
+            c["kind"] == "dash" for lines in grid["blocks"] for line in lines for c in line
         ),
         "sources": sources(cells),
         "cells_file": cells.path.name,

@@ -29,7 +29,9 @@ Table schema (``<name>.yaml``)::
       values: [0.25, 0.50, 1.00]       #   ordered; numbers or strings
       show: true                       #   optional; false prints no group column (only with
                                        #   exactly one value; not with groups_as_columns)
-    columns:                           # ordered metric columns, all 'setting' or none
+    columns:                           # ordered metric columns: all 'setting' (a settings
+                                       #   table), all 'robust_accuracy' (an attack table) or
+                                       #   all certification metrics (acr, certified_accuracy)
       - key: acr                       #   unique within the spec
         label: ACR                     #   header text
         metric: acr                    #   one of METRICS
@@ -47,6 +49,10 @@ Table schema (``<name>.yaml``)::
         #   paper_divide_by (optional number): the paper prints the value multiplied by it;
         #   the spec stores it as printed and the table shows "value = printed/divisor".
         #   No percent, better or aggregate; highlight rules do not apply.
+      # - {key: pgd20, label: "PGD-20", metric: robust_accuracy, decimals: 2, percent: true}
+        #   metric robust_accuracy: the fraction of attacked test images still classified
+        #   correctly, from the attack outcome file the cells file gives for this column (a
+        #   benign-accuracy column is one whose attack is 'none'). No aggregate.
     highlight:                         # style -> named rule (see RULES), or
       bold: improves_baseline          #   {rule: <name>, columns: [<column key>, ...]}
       underline: best_acr_per_group
@@ -59,6 +65,12 @@ Table schema (``<name>.yaml``)::
                                        #   (default all); cells and paper values elsewhere
                                        #   are errors
         baseline: gaussian             #   optional: row key this row improves on
+        not_evaluated: [cw]            #   optional: columns the paper never evaluated for this
+                                       #   row (printed "-" there); nothing is computed for them
+                                       #   and their paper values must be null
+        cited: "Zhang et al. 2020"     #   optional: the paper copied this row's values from
+                                       #   this publication, for a method outside this project;
+                                       #   the row prints its paper values only, marked cited
         paper:                         #   optional: {<group value>: [one value per column]}
           0.25: [0.911, 99.2, ...]     #   null for a value the paper does not print
     merge_identical:                   # optional: rows the paper prints as one row because
@@ -118,7 +130,12 @@ METRICS: dict[str, tuple[str, ...]] = {
     "acr": (),
     "certified_accuracy": ("radius",),
     SETTING: ("param",),
+    "robust_accuracy": (),
 }
+# where a table's numbers come from, by the metric of its columns (one source per table)
+ATTACKS = "attacks"
+SOURCES = {SETTING: "settings", "robust_accuracy": ATTACKS}
+CERTIFY = "certify"  # every other metric: certification logs
 
 # rule name -> footnote text ({group} is the group label). Implemented in render.RULE_FUNCS.
 RULES: dict[str, str] = {
@@ -164,7 +181,7 @@ _COLUMN_KEYS = {
     "paper_divide_by",
 }
 _NOT_FOR_SETTINGS = ("percent", "better", "aggregate")
-_ROW_KEYS = {"key", "label", "groups", "baseline", "paper"}
+_ROW_KEYS = {"key", "label", "groups", "baseline", "paper", "not_evaluated", "cited"}
 _RULE_KEYS = {"rule", "columns"}
 _MERGE_KEYS = {"rows", "label"}
 _FIGURE_KEYS = {
@@ -233,6 +250,8 @@ class RowSpec:
     # a (mean, std) pair (aggregate columns)
     paper: dict[Any, tuple[Any, ...]] = field(default_factory=dict)
     groups: tuple[Any, ...] | None = None  # None: every group value of the table
+    not_evaluated: tuple[str, ...] = ()  # column keys the paper printed as "-"
+    cited: str | None = None  # the publication a cited row's values come from
 
     def in_group(self, group: Any) -> bool:
         return self.groups is None or group in self.groups
@@ -267,9 +286,14 @@ class TableSpec:
         return next((c for c in self.columns if c.key == key), None)
 
     @property
+    def values_from(self) -> str:
+        """Where the table's numbers come from: settings, attacks or certify (its logs)."""
+        return SOURCES.get(self.columns[0].metric, CERTIFY)
+
+    @property
     def settings(self) -> bool:
         """A settings table: its cells give training settings, not certification logs."""
-        return self.columns[0].metric == SETTING
+        return self.values_from == "settings"
 
 
 @dataclass(frozen=True)
@@ -334,9 +358,10 @@ def load_figure_spec(name: str, directory: str | Path | None = None) -> FigureSp
         table = load_spec(table_name, path.parent)
     except ValueError as err:
         raise c.fail("table", _one_line(err)) from None
-    if table.settings:
+    if table.values_from != CERTIFY:
         raise c.fail(
-            "table", f"{table_name!r} is a settings table; figures draw certification logs"
+            "table",
+            f"{table_name!r} is a {table.values_from} table; figures draw certification logs",
         )
     if any(col.aggregate for col in table.columns):
         raise c.fail("table", f"{table_name!r} aggregates seeds; figures draw one log per cell")
@@ -567,8 +592,13 @@ def _parse_columns(c: _Checker, obj: Any) -> tuple[ColumnSpec, ...]:
             raise c.fail(
                 f"{where}.metric", f"unknown metric {metric!r} (known: {', '.join(METRICS)})"
             )
-        if out and (metric == SETTING) != (out[0].metric == SETTING):
-            raise c.fail(f"{where}.metric", f"a table's columns are either all {SETTING!r} or none")
+        source = SOURCES.get(metric, CERTIFY)
+        if out and source != SOURCES.get(out[0].metric, CERTIFY):
+            raise c.fail(
+                f"{where}.metric",
+                f"{metric!r} cannot share a table with {out[0].metric!r} (columns are all "
+                f"{SETTING!r}, all 'robust_accuracy', or all certification metrics)",
+            )
         for param in METRICS[metric]:
             if param not in col:
                 raise c.fail(where, f"metric {metric!r} needs key {param!r}")
@@ -599,6 +629,8 @@ def _parse_columns(c: _Checker, obj: Any) -> tuple[ColumnSpec, ...]:
         if better not in ("higher", "lower"):
             raise c.fail(f"{where}.better", f"expected 'higher' or 'lower', got {better!r}")
         aggregate = col.get("aggregate")
+        if aggregate is not None and source == ATTACKS:
+            raise c.fail(f"{where}.aggregate", "does not apply to metric 'robust_accuracy'")
         if aggregate is not None and aggregate not in AGGREGATES:
             raise c.fail(
                 f"{where}.aggregate",
@@ -660,6 +692,19 @@ def _parse_rows(
         baseline = row.get("baseline")
         if baseline is not None:
             baseline = c.string(baseline, f"{where}.baseline")
+        not_evaluated = _parse_not_evaluated(c, row.get("not_evaluated", []), where, columns)
+        for g, values in paper.items():
+            for column_key in not_evaluated:
+                j = next(j for j, col in enumerate(columns) if col.key == column_key)
+                if values[j] is not None:
+                    raise c.fail(
+                        f"{where}.paper[{g}][{j}]",
+                        f"column {column_key!r} is not_evaluated for this row; its paper value "
+                        "is null",
+                    )
+        cited = c.string(row["cited"], f"{where}.cited") if "cited" in row else None
+        if cited is not None and (baseline is not None or not paper):
+            raise c.fail(f"{where}.cited", "a cited row has paper values and no baseline")
         rows.append(
             RowSpec(
                 key=key,
@@ -668,6 +713,8 @@ def _parse_rows(
                 baseline=baseline,
                 paper=paper,
                 groups=groups,
+                not_evaluated=not_evaluated,
+                cited=cited,
             )
         )
     keys = {r.key for r in rows}
@@ -675,6 +722,19 @@ def _parse_rows(
         if r.baseline is not None and (r.baseline not in keys or r.baseline == r.key):
             raise c.fail(f"rows[{r.key}].baseline", f"{r.baseline!r} is not another row's key")
     return tuple(rows)
+
+
+def _parse_not_evaluated(
+    c: _Checker, obj: Any, where: str, columns: tuple[ColumnSpec, ...]
+) -> tuple[str, ...]:
+    where = f"{where}.not_evaluated"
+    if not isinstance(obj, list):
+        raise c.fail(where, "expected a list of column keys")
+    keys = [col.key for col in columns]
+    for key in obj:
+        if str(key) not in keys:
+            raise c.fail(where, f"unknown column {key!r} (columns: {', '.join(keys)})")
+    return tuple(k for k in keys if k in {str(o) for o in obj})
 
 
 def _parse_row_groups(c: _Checker, obj: Any, where: str, group: GroupSpec) -> tuple[Any, ...]:

@@ -1,0 +1,186 @@
+"""Attack tables (the ATENT paper's Tables 1-6): specs, cells files, rendering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from robustreg.tables import load_spec, render_table
+from robustreg.tables.render import load_cells
+from robustreg.tables.spec import specs_dir
+
+OUTCOME_HEADER = "idx\tlabel\tclean\tadversarial\trobust\tl2\tlinf\ttime"
+
+
+def write_outcomes(path: Path, robust: list[int]) -> Path:
+    """A synthetic outcome file: image i has label i % 10; robust images keep it."""
+    lines = [OUTCOME_HEADER]
+    for i, r in enumerate(robust):
+        label = i % 10
+        adversarial = label if r else (label + 1) % 10
+        lines.append(f"{i}\t{label}\t{label}\t{adversarial}\t{r}\t0.5\t0.1\t0:00:00.010000")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def cells_file(tmp_path: Path, table: str, cells: list[dict], banner: str | None = None) -> Path:
+    doc: dict = {"table": table}
+    if banner:
+        doc["banner"] = banner
+    doc["cells"] = cells
+    path = tmp_path / "cells.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def test_atent_specs_transcribe_the_paper():
+    t1 = load_spec("table1_atent")
+    assert [r.key for r in t1.rows] == ["sgd", "entropy_sgd", "pgd_at", "trades", "mma", "atent"]
+    assert t1.values_from == "attacks"
+    paper = {r.key: r.paper["MNIST"] for r in t1.rows}
+    assert paper["atent"] == (98.66, 77.21, 76.72, None)
+    assert paper["sgd"][:3] == (99.38, 19.40, 13.20)
+    assert {r.key: r.not_evaluated for r in t1.rows if r.not_evaluated} == {
+        "pgd_at": ("cw",),
+        "trades": ("cw",),
+    }
+    t2 = load_spec("table2_atent")
+    assert "mart" in [r.key for r in t2.rows] and "mart" not in [r.key for r in t1.rows]
+    assert {r.key: r.paper["MNIST"][1] for r in t2.rows}["mart"] == 96.48
+    t3 = load_spec("table3_atent")
+    rows3 = {r.key: r for r in t3.rows}
+    assert rows3["pgd_at"].paper["CIFAR-10"][1] == 47.04
+    assert rows3["pgd_at_es"].paper["CIFAR-10"][1] == 56.80
+    assert rows3["pgd_at"].not_evaluated == ("deepfool",)
+    t4 = load_spec("table4_atent")
+    assert {r.key: r.not_evaluated for r in t4.rows}["trades_smooth"] == ("pgd10_050", "pgd10_100")
+    t5 = load_spec("table5_atent")
+    assert t5.values_from == "certify"
+    assert {r.key for r in t5.rows if r.cited} == {"crown_ibp", "convex_smoothing"}
+    assert {r.key: r.paper[0.12] for r in t5.rows}["atent"] == (72.2, 55.41)
+    t6 = load_spec("table6_atent")
+    assert {r.key: r.paper["CIFAR-10"] for r in t6.rows}["atent20"] == (79.95, 73.76, 59.69, 47.53)
+
+
+def test_attack_table_renders_robust_accuracy_missing_and_not_evaluated(tmp_path):
+    write_outcomes(tmp_path / "a.tsv", [1, 1, 1, 0])  # 75 %
+    write_outcomes(tmp_path / "b.tsv", [1, 0, 0, 0, 0])  # 20 %
+    cells = cells_file(
+        tmp_path,
+        "table1_atent",
+        [
+            {"row": "atent", "dataset": "MNIST", "outcomes": {"benign": "a.tsv", "pgd40": "b.tsv"}},
+            {"row": "pgd_at", "dataset": "MNIST", "outcomes": {"pgd40": "a.tsv"}},
+        ],
+    )
+    md, tex, html = tmp_path / "t.md", tmp_path / "t.tex", tmp_path / "t.html"
+    frame = render_table(cells, md, tex, html_path=html)
+    ours = {(r.row, r.column): r.ours for r in frame.itertuples()}
+    assert ours[("atent", "benign")] == pytest.approx(75.0)
+    assert ours[("atent", "pgd40")] == pytest.approx(20.0)
+    assert ours[("pgd_at", "pgd40")] == pytest.approx(75.0)
+    text = md.read_text()
+    (atent,) = [line for line in text.splitlines() if line.startswith("| ℓ2 ATENT")]
+    fields = [f.strip() for f in atent.strip("|").split("|")]
+    assert fields[1:] == ["75.00 (98.66)", "20.00 (77.21)", "– (76.72)", "– (–)"]
+    (pgd_at,) = [line for line in text.splitlines() if line.startswith("| ℓ2 PGD-AT")]
+    # CW was never evaluated against PGD-AT: a lone dash, as the paper prints it
+    assert [f.strip() for f in pgd_at.strip("|").split("|")][3] == "–"
+    assert "the paper did not evaluate this combination" in text
+    assert "attack outcome files" in text and "pgd40: b.tsv" in text
+    assert "PGD-AT & 75.00" not in tex.read_text()  # LaTeX keeps the label escaped
+    assert '<td class="r">–</td>' in html.read_text()
+
+
+def test_cited_rows_print_the_paper_value_marked_cited(tmp_path):
+    log = tmp_path / "certify.tsv"
+    log.write_text(
+        "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+        "0\t0\t0\t0.5\t1\t0:00:01.000000\n1\t1\t1\t0.1\t1\t0:00:01.000000\n"
+    )
+    cells = cells_file(tmp_path, "table5_atent", [{"row": "atent", "sigma": 0.12, "log": str(log)}])
+    md = tmp_path / "t.md"
+    render_table(cells, md, tmp_path / "t.tex")
+    text = md.read_text()
+    (crown,) = [line for line in text.splitlines() if line.startswith("| CROWN-IBP")]
+    assert [f.strip() for f in crown.strip("|").split("|")][2:] == [
+        "cited (72.00)",
+        "cited (54.00)",
+    ]
+    (atent,) = [line for line in text.splitlines() if line.startswith("| ATENT (ours)")]
+    assert [f.strip() for f in atent.strip("|").split("|")][2:] == [
+        "**100.00** (72.20)",
+        "**50.00** (55.41)",
+    ]
+    assert "cited from Zhang et al. (2020), CROWN-IBP" in text
+
+
+@pytest.mark.parametrize(
+    "cell, message",
+    [
+        (
+            {"row": "pgd_at", "dataset": "MNIST", "outcomes": {"cw": "a.tsv"}},
+            r"cells\[0\]: outcomes: column 'cw' is not evaluated for row 'pgd_at'",
+        ),
+        (
+            {"row": "atent", "dataset": "MNIST", "outcomes": {"pgd20": "a.tsv"}},
+            r"cells\[0\]: outcomes: unknown column 'pgd20'",
+        ),
+        (
+            {"row": "atent", "dataset": "MNIST", "log": "a.tsv"},
+            r"cells\[0\]: unknown key 'log'",
+        ),
+    ],
+)
+def test_attack_cells_file_errors_are_one_line(tmp_path, cell, message):
+    with pytest.raises(ValueError, match=message) as err:
+        load_cells(cells_file(tmp_path, "table1_atent", [cell]))
+    assert "\n" not in str(err.value)
+
+
+def test_a_cited_row_takes_no_cell(tmp_path):
+    cells = cells_file(tmp_path, "table5_atent", [{"row": "crown_ibp", "sigma": 0.12, "log": "x"}])
+    with pytest.raises(ValueError, match=r"cells\[0\]: row 'crown_ibp' is cited from Zhang"):
+        load_cells(cells)
+
+
+def _edited_spec(tmp_path: Path, name: str, edit) -> Path:
+    raw = yaml.safe_load((specs_dir() / f"{name}.yaml").read_text())
+    edit(raw)
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "name, edit, message",
+    [
+        (
+            "table1_atent",
+            lambda raw: raw["rows"][2]["paper"]["MNIST"].__setitem__(2, 50.0),
+            r"rows\[pgd_at\]\.paper\[MNIST\]\[2\]: column 'cw' is not_evaluated",
+        ),
+        (
+            "table1_atent",
+            lambda raw: raw["rows"][0].__setitem__("not_evaluated", ["nope"]),
+            r"rows\[sgd\]\.not_evaluated: unknown column 'nope'",
+        ),
+        (
+            "table1_atent",
+            lambda raw: raw["columns"][1].__setitem__("metric", "acr"),
+            r"columns\[1\]\.metric: 'acr' cannot share a table with 'robust_accuracy'",
+        ),
+        (
+            "table5_atent",
+            lambda raw: raw["rows"][0].pop("paper"),
+            r"rows\[crown_ibp\]\.cited: a cited row has paper values",
+        ),
+    ],
+)
+def test_attack_spec_errors_are_one_line(tmp_path, name, edit, message):
+    folder = _edited_spec(tmp_path, name, edit)
+    with pytest.raises(ValueError, match=message) as err:
+        load_spec(name, folder)
+    assert "\n" not in str(err.value)
