@@ -167,3 +167,10 @@ def test_crop_flip_is_reproducible_from_a_generator_or_the_global_seed():
 def test_unknown_augmentation_is_named():
     with pytest.raises(ValueError, match="unknown augmentation 'mixup'"):
         augment_batch(torch.rand(2, 3, 32, 32), "mixup")
+
+
+def test_synthetic_cifar_every_kth_image_mixes_the_classes():
+    """The protocols certify or attack every skip-th test image: a skip of 10 must not pick
+    one class (it did while the labels cycled 0..9)."""
+    _, y = synthetic_cifar10(100, 500, seed=0)["test"]
+    assert len(np.unique(y[::10])) == 10

@@ -356,7 +356,8 @@ def synthetic_cifar10(n_train: int, n_test: int, seed: int = 0) -> Splits:
     Gaussian noise of sigma 0.25 once pooled over an image, so a small CIFAR ResNet learns to
     tell them apart, under noise too, in a few epochs.
 
-    Labels cycle 0..9, so both splits are exactly balanced (sizes must be multiples of 10).
+    Each split holds every class equally often (sizes must be multiples of 10), in a
+    shuffled order.
     Textures, training images and test images come from three independent streams of
     ``seed`` (numpy ``SeedSequence.spawn``): the same seed gives the same files, and one
     split's size never changes the other split's images.
@@ -412,7 +413,10 @@ def _synthetic_images(
     brightness = rng.uniform(-0.15, 0.15, size=(n, 1, 1, 1)).astype(np.float32)
     noise = rng.normal(0.0, 0.05, size=x.shape).astype(np.float32)
     x = 0.5 + contrast * x + brightness + noise
-    return np.rint(np.clip(x, 0.0, 1.0) * 255).astype(np.uint8), y
+    # Shuffled, so that every skip-th image (the certify and attack protocols) is a mix of
+    # classes, as in real test sets; in label order, a skip of 10 would select one class only.
+    order = rng.permutation(n)
+    return np.rint(np.clip(x[order], 0.0, 1.0) * 255).astype(np.uint8), y[order]
 
 
 def augment_batch(

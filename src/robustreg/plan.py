@@ -289,7 +289,7 @@ def _attacks_table(config: dict, plan: Plan, table_name: str, table: dict) -> Ta
     group = spec.group.values[0]
     evaluation = _lookup(config, "evaluation", table["evaluation"], f"{where}.evaluation")
     tplan = TablePlan(table_name, spec.name, "attacks", None, group_key=spec.group.key)
-    scales: dict[str, str | None] = {}
+    scales: dict[str, list[tuple[dict, dict]]] = {}  # dataset -> its rows' (data, schedule)
     for row_key, row in table["rows"].items():
         row_where = f"{where}.rows.{row_key}"
         row_spec = spec.row(row_key)
@@ -304,8 +304,7 @@ def _attacks_table(config: dict, plan: Plan, table_name: str, table: dict) -> Ta
         )
         exp = plan.experiments[exp_id]
         data_cfg = config["data"][setup["dataset"]]
-        scales.setdefault(setup["dataset"], [])
-        scales[setup["dataset"]].append((data_cfg, exp["schedule"]))
+        scales.setdefault(setup["dataset"], []).append((data_cfg, exp["schedule"]))
         names = table.get("attacks", {}) | row.get("attacks", {})
         jobs = {}
         for column in spec.columns:
