@@ -14,6 +14,8 @@ import pytest
 import torch
 from torch import nn
 
+from robustreg.data import save_split
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -63,6 +65,17 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
         if match[1] != "total":
             counts[match[1]] = int(match[2])
     return counts
+
+
+@pytest.fixture
+def synthetic_split(tmp_path: Path) -> Path:
+    """Synthetic, MNIST-shaped: 40 random uint8 images, 4 per class."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(40, 1, 28, 28), dtype=np.uint8)
+    y = np.repeat(np.arange(10), 4).astype(np.int64)
+    path = tmp_path / "train.npz"
+    save_split(path, x, y)
+    return path
 
 
 @pytest.fixture

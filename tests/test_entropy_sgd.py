@@ -5,13 +5,11 @@ from __future__ import annotations
 import copy
 import math
 
-import numpy as np
 import pytest
 import torch
 from conftest import same_weights, train_killed_then_resumed
 
 import robustreg.train as train_module
-from robustreg.data import save_split
 from robustreg.optim import EntropySGD
 from robustreg.train import TrainingDiverged, build_optimizer, load_model, train
 
@@ -193,17 +191,6 @@ def test_bad_settings_are_refused_naming_the_key():
 
 
 # --- through the training loop ------------------------------------------------------------------
-
-
-@pytest.fixture
-def synthetic_split(tmp_path):
-    """Synthetic, MNIST-shaped: 40 random uint8 images, 4 per class."""
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, size=(40, 1, 28, 28), dtype=np.uint8)
-    y = np.repeat(np.arange(10), 4).astype(np.int64)
-    path = tmp_path / "train.npz"
-    save_split(path, x, y)
-    return path
 
 
 def experiment(**schedule) -> dict:

@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from conftest import same_weights, train_killed_then_resumed
 
 from robustreg.cli import main
-from robustreg.data import DataUnavailable, load_split, prepare_mnist, save_split
+from robustreg.data import DataUnavailable, load_split, prepare_mnist
 from robustreg.train import TrainingDiverged, load_model, train
-
-
-@pytest.fixture
-def synthetic_split(tmp_path):
-    """Synthetic, MNIST-shaped: 40 random uint8 images, 4 per class."""
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, size=(40, 1, 28, 28), dtype=np.uint8)
-    y = np.repeat(np.arange(10), 4).astype(np.int64)
-    path = tmp_path / "train.npz"
-    save_split(path, x, y)
-    return path
 
 
 def experiment(**schedule) -> dict:
