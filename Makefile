@@ -19,7 +19,7 @@ quick: $(STAMP)
 	  reports/table2_mnist.md --configfile config/quick.yaml
 
 test: $(STAMP)
-	. $(VENV)/bin/activate && pytest -q
+	. $(VENV)/bin/activate && pytest -q --durations=25
 
 lint: $(STAMP)
 	. $(VENV)/bin/activate && ruff check src tests workflow benchmarks && snakemake --lint

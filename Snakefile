@@ -24,6 +24,7 @@ shell.prefix(
 )
 
 from robustreg.plan import ConfigError, make_plan, validate_config  # noqa: E402
+from robustreg.tables.spec import specs_dir  # noqa: E402
 
 min_version("9.0")
 

@@ -85,7 +85,8 @@ def test_attack_table_renders_robust_accuracy_missing_and_not_evaluated(tmp_path
     text = md.read_text()
     (atent,) = [line for line in text.splitlines() if line.startswith("| ℓ2 ATENT")]
     fields = [f.strip() for f in atent.strip("|").split("|")]
-    assert fields[1:] == ["75.00 (98.66)", "20.00 (77.21)", "– (76.72)", "– (–)"]
+    # PGD-AT's 75 % is the best PGD-40 value, ATENT's 20 % the second best
+    assert fields[1:] == ["75.00 (98.66)", "<u>20.00</u> (77.21)", "– (76.72)", "– (–)"]
     (pgd_at,) = [line for line in text.splitlines() if line.startswith("| ℓ2 PGD-AT")]
     # CW was never evaluated against PGD-AT: a lone dash, as the paper prints it
     assert [f.strip() for f in pgd_at.strip("|").split("|")][3] == "–"
@@ -93,6 +94,59 @@ def test_attack_table_renders_robust_accuracy_missing_and_not_evaluated(tmp_path
     assert "attack outcome files" in text and "pgd40: b.tsv" in text
     assert "PGD-AT & 75.00" not in tex.read_text()  # LaTeX keeps the label escaped
     assert '<td class="r">–</td>' in html.read_text()
+
+
+def _md_lines(text: str, first: str) -> list[list[str]]:
+    """The fields of the Markdown table lines that start with ``| first``."""
+    return [
+        [f.strip() for f in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith(f"| {first}")
+    ]
+
+
+def test_table3_prints_attacks_as_lines_and_defenses_as_columns_like_the_paper(tmp_path):
+    write_outcomes(tmp_path / "a.tsv", [1, 1, 1, 0])  # 75 %
+    write_outcomes(tmp_path / "b.tsv", [1, 0, 0, 0, 0])  # 20 %
+    write_outcomes(tmp_path / "c.tsv", [1, 1, 0, 0])  # 50 %
+    cells = cells_file(
+        tmp_path,
+        "table3_atent",
+        [
+            {"row": "pgd_at", "dataset": "CIFAR-10", "outcomes": {"pgd20": "b.tsv"}},
+            {"row": "trades", "dataset": "CIFAR-10", "outcomes": {"pgd20": "a.tsv"}},
+            {"row": "mart", "dataset": "CIFAR-10", "outcomes": {"pgd20": "c.tsv"}},
+            {"row": "atent", "dataset": "CIFAR-10", "outcomes": {"pgd20": "a.tsv"}},
+        ],
+    )
+    md, tex = tmp_path / "t.md", tmp_path / "t.tex"
+    render_table(cells, md, tex)
+    text = md.read_text()
+    (header,) = _md_lines(text, "Attack")
+    assert header == [
+        "Attack ↓ Defense → — ours (paper)",
+        "PGD-AT",
+        "PGD-AT (E)",
+        "TRADES",
+        "MART",
+        "ℓ∞ ATENT",
+    ]
+    # best (bold, tied) and second best (underlined) among our values, per attack
+    assert _md_lines(text, "ℓ∞ PGD-20") == [
+        [
+            "ℓ∞ PGD-20",
+            "20.00 (47.04)",
+            "– (56.80)",
+            "**75.00** (56.61)",
+            "<u>50.00</u> (57.39)",
+            "**75.00** (57.23)",
+        ]
+    ]
+    # DeepFool against PGD-AT was never evaluated: a lone dash in PGD-AT's column
+    assert _md_lines(text, "ℓ∞ DeepFool")[0][1:3] == ["–", "– (–)"]
+    assert "best of our values in the line per Dataset" in text
+    assert "second best of our values in the line" in text
+    assert r"\underline{50.00}" in tex.read_text()
 
 
 def test_cited_rows_print_the_paper_value_marked_cited(tmp_path):
@@ -171,6 +225,16 @@ def _edited_spec(tmp_path: Path, name: str, edit) -> Path:
             "table1_atent",
             lambda raw: raw["columns"][1].__setitem__("metric", "acr"),
             r"columns\[1\]\.metric: 'acr' cannot share a table with 'robust_accuracy'",
+        ),
+        (
+            "table3_atent",
+            lambda raw: raw["group_by"].__setitem__("show", True),
+            r"group_by: layout columns_as_rows needs one value and show: false",
+        ),
+        (
+            "table3_atent",
+            lambda raw: raw.__setitem__("label_columns", ["Defense", "Model"]),
+            r"label_columns: layout columns_as_rows needs exactly one \(the corner\)",
         ),
         (
             "table5_atent",

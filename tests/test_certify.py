@@ -14,6 +14,7 @@ from robustreg.certify import (
     certified_accuracy,
     certify,
     clopper_pearson_lower,
+    max_certified_radius,
     predict,
     read_certify_log,
     write_certify_log,
@@ -362,3 +363,16 @@ def test_acr_from_log_equals_acr_from_arrays(tmp_path):
         radius, correct
     )
     assert math.isfinite(average_certified_radius(radius, correct))
+
+
+def test_max_certified_radius_hand_derived_and_reached_by_certify():
+    # 0.001 ** (1/100) = exp(ln(0.001) / 100) = 0.933254; Phi^-1(0.933254) = 1.500475
+    assert max_certified_radius(0.12, 100, 0.001) == pytest.approx(0.12 * 1.500475, rel=1e-6)
+    assert max_certified_radius(1.0, 100_000, 0.001) == pytest.approx(3.8115, abs=1e-4)
+    # the best case of CERTIFY itself: every estimation sample on the selected class
+    _, radius, _ = certify([[0, 5, 0]], [[0, 100, 0]], sigma=0.12, alpha=0.001)
+    assert radius[0] == pytest.approx(max_certified_radius(0.12, 100, 0.001), rel=1e-12)
+    # 0.001 ** (1/9) = 0.464 < 1/2: not even a perfect run certifies
+    assert max_certified_radius(0.5, 9, 0.001) == 0.0
+    with pytest.raises(ValueError, match="need sigma > 0 and n >= 1"):
+        max_certified_radius(0.0, 100, 0.001)

@@ -103,6 +103,20 @@ def test_reduced_scale_gets_a_banner():
     assert banner.startswith("Quick scale, not comparable with the paper's numbers")
     assert "4 epochs on 500 training images" in banner
     assert "certified 100 test images with n0 = 32, n = 500" in banner
+    # n = 500 certifies at most 2.21 sigma: Table 2's larger radii read 0 whatever the model
+    assert (
+        "With n = 500 and alpha = 0.001 CERTIFY returns no radius above 2.21 σ (0.551 at "
+        "σ = 0.25, 1.1 at σ = 0.5, 2.21 at σ = 1): columns at larger radii read 0" in banner
+    )
+
+
+def test_banner_names_no_unreachable_radius_when_n_reaches_every_column():
+    quick = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
+    banner = make_plan(merged(quick)).tables["table5_atent"].banner
+    assert "no radius above 1.50 σ (0.18 at σ = 0.12)" in banner
+    # 3.81 sigma = 0.457 at sigma = 0.12 reaches Table 5's 0.435
+    quick["certify"]["cifar10"]["n"] = 100_000
+    assert "no radius above" not in make_plan(merged(quick)).tables["table5_atent"].banner
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from robustreg.io import image_ids
 from robustreg.models import create_model
 from robustreg.smoothing import certify_counts, image_generator, sample_counts
 
@@ -188,3 +189,22 @@ def test_image_generator_reproducible_and_distinct_per_index():
     torch.testing.assert_close(draw(0, 7), draw(0, 7), rtol=0, atol=0)
     assert not torch.equal(draw(0, 7), draw(0, 8))
     assert not torch.equal(draw(0, 7), draw(1, 7))
+
+
+def test_image_ids_default_indices_tensor_labels_and_mismatch():
+    idx, label = image_ids(3, None, torch.tensor([4, 5, 6]))
+    assert idx.tolist() == [0, 1, 2] and label.dtype == np.int64 and label.tolist() == [4, 5, 6]
+    assert image_ids(2, [7, 9], np.array([1, 2]))[0].tolist() == [7, 9]
+    with pytest.raises(ValueError, match="need one label and one index per image"):
+        certify_counts(
+            nn.Flatten(),
+            torch.zeros(2, 1, 2, 2),
+            [0],
+            sigma=0.1,
+            n0=1,
+            n=1,
+            batch_size=1,
+            seed=0,
+            device="cpu",
+            num_classes=4,
+        )

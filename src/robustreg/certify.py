@@ -133,6 +133,23 @@ def certify(
     return prediction, radius.astype(np.float64), p_lower
 
 
+def max_certified_radius(sigma: float, n: int, alpha: float) -> float:
+    """The largest radius CERTIFY can return with n estimation samples at level alpha.
+
+    The best case is every sample on the top class (nA = n), where the Clopper-Pearson lower
+    bound is alpha**(1/n), so no certificate exceeds
+
+        sigma * Phi^-1(alpha**(1/n))        (0 when alpha**(1/n) < 1/2: nothing certifies)
+
+    e.g. 3.81 sigma for Cohen et al.'s n = 100,000, alpha = 0.001, but 1.50 sigma for n = 100.
+    A table column at a larger radius reads 0 by construction, whatever the model.
+    """
+    if sigma <= 0 or n < 1:
+        raise ValueError(f"need sigma > 0 and n >= 1, got sigma={sigma}, n={n}")
+    p_lower = clopper_pearson_lower(n, n, alpha)
+    return float(sigma * norm.ppf(p_lower)) if p_lower >= 0.5 else 0.0
+
+
 def predict(counts: ArrayLike, alpha: float) -> np.ndarray:
     """Algorithm PREDICT of Cohen et al. (2019), from stored counts.
 

@@ -43,6 +43,16 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def image_ids(num: int, indices: Sequence[int] | None, labels) -> tuple[np.ndarray, np.ndarray]:
+    """The int64 ``idx`` and ``label`` columns of a per-image job over ``num`` images:
+    ``indices`` default to 0..num-1; ``labels`` may be a tensor (on any device) or an array."""
+    idx = np.arange(num) if indices is None else np.asarray(indices, dtype=np.int64)
+    label = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels, dtype=np.int64)
+    if idx.shape != (num,) or label.shape != (num,):
+        raise ValueError("need one label and one index per image")
+    return idx, label
+
+
 class ResumableLog:
     """Per-image records appended as they are computed, so that a killed run resumes.
 

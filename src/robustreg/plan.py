@@ -27,6 +27,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from robustreg.certify import max_certified_radius
 from robustreg.io import write_text_atomic
 from robustreg.objectives import describe, resolve_params, uses_sigma
 from robustreg.tables import load_spec
@@ -219,6 +220,9 @@ def _results_table(config: dict, plan: Plan, table_name: str, table: dict) -> Ta
     tplan = TablePlan(table_name, spec.name, "results", None, seeded=seeds is not None)
     scales: dict[str, str | None] = {}  # dataset -> its banner
     scale_rows: dict[str, str] = {}  # dataset -> the row that set it
+    # (n, alpha) -> the sigmas at which a column's radius is beyond what CERTIFY can return
+    beyond: dict[tuple[int, float], list[float]] = {}
+    radii = sorted({c.radius for c in spec.columns if c.radius is not None})
     for row_key, row, sigmas in _rows(table_name, table, spec):
         row_where = f"{where}.rows.{row_key}"
         if seeds is not None and "seed" in row:
@@ -259,6 +263,11 @@ def _results_table(config: dict, plan: Plan, table_name: str, table: dict) -> Ta
                     certifier=row.get("certifier", "certify"),
                 )
             )
+            if row.get("certifier", "certify") == "certify":
+                top = max_certified_radius(sigma, cert_cfg["n"], cert_cfg["alpha"])
+                sigmas_beyond = beyond.setdefault((cert_cfg["n"], cert_cfg["alpha"]), [])
+                if radii and radii[-1] > top and sigma not in sigmas_beyond:
+                    sigmas_beyond.append(sigma)
     stated = {name: text for name, text in scales.items() if text}
     if len(scales) == 1:
         tplan.banner = next(iter(scales.values()))
@@ -266,6 +275,9 @@ def _results_table(config: dict, plan: Plan, table_name: str, table: dict) -> Ta
         tplan.banner = " ".join(f"{_DISPLAY[name]} rows: {text}" for name, text in stated.items())
     if tplan.banner and seeds is not None:
         tplan.banner += f" Training seeds: {', '.join(map(str, seeds))}."
+    beyond = {key: sigmas for key, sigmas in beyond.items() if sigmas}
+    if tplan.banner and beyond:
+        tplan.banner += " " + _beyond_reach(beyond)
     tplan.banner = _with_note(tplan.banner, table, where, config)
     return tplan
 
@@ -347,6 +359,23 @@ def _attacks_table(config: dict, plan: Plan, table_name: str, table: dict) -> Ta
         tplan.banner = " ".join(f"{_DISPLAY[name]} rows: {text}" for name, text in stated.items())
     tplan.banner = _with_note(tplan.banner, table, where, config)
     return tplan
+
+
+def _beyond_reach(beyond: dict[tuple[int, float], list[float]]) -> str:
+    """The banner sentence on columns a reduced n cannot reach (see
+    ``certify.max_certified_radius``): they read 0 whatever the model."""
+    parts = []
+    for (n, alpha), sigmas in beyond.items():
+        caps = ", ".join(
+            f"{max_certified_radius(sigma, n, alpha):.3g} at σ = {sigma:g}"
+            for sigma in sorted(sigmas)
+        )
+        parts.append(
+            f"With n = {n:,} and alpha = {alpha} CERTIFY returns no radius above "
+            f"{max_certified_radius(1.0, n, alpha):.2f} σ ({caps}): columns at larger radii "
+            "read 0 by construction."
+        )
+    return " ".join(parts)
 
 
 def _with_note(text: str | None, table: dict, where: str, config: dict) -> str | None:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from robustreg.io import ResumableLog
+from robustreg.io import ResumableLog, image_ids
 
 __all__ = ["ProgressLog", "certify_counts", "image_generator", "sample_counts"]
 
@@ -278,10 +278,7 @@ def certify_counts(
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     num_images = images.shape[0]
-    idx = np.arange(num_images) if indices is None else np.asarray(indices, dtype=np.int64)
-    label = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels, dtype=np.int64)
-    if idx.shape != (num_images,) or label.shape != (num_images,):
-        raise ValueError("need one label and one index per image")
+    idx, label = image_ids(num_images, indices, labels)
     if images_per_batch is None:
         images_per_batch = _default_images_per_batch(n0, n, batch_size)
     if images_per_batch < 1:

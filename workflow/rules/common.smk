@@ -45,9 +45,18 @@ def table_logs(wildcards):
     return cell_logs(wildcards.table)
 
 
+def spec_file(name):
+    """A table's or figure's spec: an input, so that editing it re-renders (and only that)."""
+    return str(specs_dir() / f"{name}.yaml")
+
+
 def figure_inputs(wildcards):
     table = PLAN.figures[wildcards.figure].table
-    return {"cells": f"results/tables/{table}.cells.yaml", "logs": cell_logs(table)}
+    return {
+        "cells": f"results/tables/{table}.cells.yaml",
+        "logs": cell_logs(table),
+        "spec": spec_file(wildcards.figure),
+    }
 
 
 def dataset_args(wildcards):

@@ -20,6 +20,7 @@ rule table:
     input:
         cells="results/tables/{table}.cells.yaml",
         logs=table_logs,
+        spec=lambda wc: spec_file(wc.table),
     output:
         md="reports/{table}.md",
         tex="reports/{table}.tex",

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from robustreg.attacks.atent import atent_attack
 from robustreg.attacks.pgd import NORMS, pgd, project
-from robustreg.io import ResumableLog, write_text_atomic
+from robustreg.io import ResumableLog, image_ids, write_text_atomic
 
 __all__ = [
     "OUTCOME_COLUMNS",
@@ -635,10 +635,7 @@ def run_attack(
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     num = images.shape[0]
-    idx = np.arange(num) if indices is None else np.asarray(indices, dtype=np.int64)
-    label = np.asarray(y.cpu() if isinstance(y, Tensor) else y, dtype=np.int64)
-    if idx.shape != (num,) or label.shape != (num,):
-        raise ValueError("need one label and one index per image")
+    idx, label = image_ids(num, indices, y)
     result = {
         "idx": idx,
         "label": label,

@@ -388,6 +388,17 @@ def _rule_best_per_group(frame: pd.DataFrame, spec: TableSpec, rule: RuleSpec) -
     return (signed == best) & frame["column"].isin(cols) & frame["_shown"].notna()
 
 
+def _rule_second_best_per_group(frame: pd.DataFrame, spec: TableSpec, rule: RuleSpec) -> pd.Series:
+    """The second highest distinct value of ours in each (group, column), as printed: the
+    ATENT paper's "best and second best" highlight (section 4, Defenses)."""
+    cols = rule.columns or tuple(c.key for c in spec.columns)
+    signed = frame["_shown"].where(frame["_better"] == "higher", -frame["_shown"])
+    rank = signed.groupby([frame["group"], frame["column"]], sort=False).rank(
+        method="dense", ascending=False
+    )
+    return (rank == 2) & frame["column"].isin(cols) & frame["_shown"].notna()
+
+
 def _rule_best_acr_per_group(frame: pd.DataFrame, spec: TableSpec, rule: RuleSpec) -> pd.Series:
     acr = tuple(c.key for c in spec.columns if c.metric == "acr")
     return _rule_best_per_group(frame, spec, RuleSpec(rule.style, rule.rule, rule.columns or acr))
@@ -397,6 +408,7 @@ RULE_FUNCS: dict[str, Callable[[pd.DataFrame, TableSpec, RuleSpec], pd.Series]] 
     "improves_baseline": _rule_improves_baseline,
     "best_per_group": _rule_best_per_group,
     "best_acr_per_group": _rule_best_acr_per_group,
+    "second_best_per_group": _rule_second_best_per_group,
 }
 
 
@@ -750,6 +762,17 @@ def _grid(spec: TableSpec, frame: pd.DataFrame) -> dict[str, Any]:
                     if row.in_group(g)
                 ]
             )
+    elif spec.layout == "columns_as_rows":
+        (g,) = group.values
+        text_header, label_pos = labels, 0
+        entries = list(_entries(spec, decisions, g))
+        value_header = [cells[g][0] for _, cells in entries]
+        blocks.append(
+            [
+                [_text(column.label)] + [values[(row.key, g)][j] for row, _ in entries]
+                for j, column in enumerate(spec.columns)
+            ]
+        )
     else:  # groups_as_columns: the one column's label heads the group columns
         text_header, label_pos = labels, 0
         value_header = [f"{group.label} = {group.text(g)}" for g in group.values]
@@ -787,7 +810,13 @@ def _grid(spec: TableSpec, frame: pd.DataFrame) -> dict[str, Any]:
 def _context(cells: CellsFile, frame: pd.DataFrame) -> dict[str, Any]:
     spec = cells.spec
     rules = [
-        {"style": r.style, "text": RULES[r.rule].format(group=spec.group.label)}
+        {
+            "style": r.style,
+            "text": RULES[r.rule].format(
+                group=spec.group.label,
+                along="line" if spec.layout == "columns_as_rows" else "column",
+            ),
+        }
         for r in spec.highlight
     ]
     divided = [

@@ -19,6 +19,10 @@ Table schema (``<name>.yaml``)::
                                        #     then one column per group value, headed
                                        #     "<group label> = <value>"; needs exactly one
                                        #     column and a label that is the same in all groups
+                                       #   columns_as_rows: the paper's transposed form, a
+                                       #     line per column and a column per row; needs one
+                                       #     group value, show: false and one label column,
+                                       #     whose header is the corner ("Attack ↓ Defense →")
     label_columns: [Method]            # optional; headers of the row-label columns. Within a
                                        #   block, consecutive lines with the same text in the
                                        #   first label column print it once
@@ -137,19 +141,24 @@ ATTACKS = "attacks"
 SOURCES = {SETTING: "settings", "robust_accuracy": ATTACKS}
 CERTIFY = "certify"  # every other metric: certification logs
 
-# rule name -> footnote text ({group} is the group label). Implemented in render.RULE_FUNCS.
+# rule name -> footnote text ({group} is the group label, {along} "column" or, in the
+# columns_as_rows layout, "line"). Implemented in render.RULE_FUNCS.
 RULES: dict[str, str] = {
     "improves_baseline": (
-        "our value strictly exceeds our value for the row's baseline (same {group}, same column)"
+        "our value strictly exceeds our value for the row's baseline (same {group}, same {along})"
     ),
-    "best_per_group": "best of our values in the column per {group} (ties all marked)",
+    "best_per_group": "best of our values in the {along} per {group} (ties all marked)",
     "best_acr_per_group": "best of our ACRs per {group} (ties all marked)",
+    "second_best_per_group": (
+        "second best of our values in the {along} per {group} (the next value below the best; "
+        "ties all marked)"
+    ),
 }
 
 STYLES = ("bold", "underline")
 # figure line styles, named as matplotlib names them
 LINE_STYLES = ("solid", "dashed", "dotted", "dashdot")
-LAYOUTS = ("blocks", "rows_first", "groups_as_columns")
+LAYOUTS = ("blocks", "rows_first", "groups_as_columns", "columns_as_rows")
 AGGREGATES = ("mean_std",)
 
 _TOP_KEYS = {
@@ -522,6 +531,11 @@ def _parse(raw: Any, path: Path) -> TableSpec:
             )
         if not group.show:
             raise c.fail("group_by.show", "false is not possible with layout groups_as_columns")
+    if layout == "columns_as_rows":
+        if len(group.values) != 1 or group.show:
+            raise c.fail("group_by", "layout columns_as_rows needs one value and show: false")
+        if len(label_columns) != 1:
+            raise c.fail("label_columns", "layout columns_as_rows needs exactly one (the corner)")
     rows = _parse_rows(c, top["rows"], group, columns, label_columns)
     merges = _parse_merges(c, top.get("merge_identical") or [], group, rows, label_columns)
     if layout == "groups_as_columns":
