@@ -157,7 +157,7 @@ def test_changing_one_attack_reruns_only_its_jobs(atent_run):
 
 def test_editing_a_table_spec_rerenders_only_that_table(atent_run):
     spec = atent_run / "src" / "robustreg" / "tables" / "specs" / "table6_atent.yaml"
-    spec.write_text(spec.read_text().replace("\"Table 6:", "\"Edited Table 6:", 1))
+    spec.write_text(spec.read_text().replace('"Table 6:', '"Edited Table 6:', 1))
     jobs = planned_jobs(
         atent_run,
         "reports/table1_atent.md",
