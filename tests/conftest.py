@@ -17,6 +17,11 @@ from torch import nn
 from robustreg.data import save_split
 
 REPO = Path(__file__).resolve().parents[1]
+# Snakemake imports every installed executor plugin when it starts, and the SLURM plugin then
+# runs `scontrol show config` (to word a help text) with a 10 s timeout. Where SLURM is
+# installed but not running, as after test_slurm.py stops the SLURM it started, each call
+# would wait about 9 s for it; runs that do not use SLURM find a failing scontrol first.
+NO_SLURM = REPO / "tests" / "no-slurm"
 
 
 def workflow_copy(dest: Path) -> Path:
@@ -37,6 +42,8 @@ def snakemake(
     env = dict(os.environ)
     # The rules call `python -m robustreg`: the interpreter running the tests must be first.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    if not any(arg.startswith("--slurm") for arg in args) and "slurm" not in workflow_profile:
+        env["PATH"] = f"{NO_SLURM}{os.pathsep}{env['PATH']}"
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--workflow-profile", workflow_profile, *args],
         cwd=workdir,

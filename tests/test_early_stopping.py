@@ -13,7 +13,8 @@ from torch import nn
 
 import robustreg.train as train_module
 from robustreg.data import load_split, save_split
-from robustreg.train import EarlyStop, holdout_positions, train
+from robustreg.schedule import EarlyStop, holdout_positions
+from robustreg.train import train
 
 EARLY_STOP = {"val_images": 10, "norm": "linf", "eps": 0.1, "steps": 2, "step_size": 0.05}
 

@@ -11,7 +11,8 @@ from conftest import same_weights, train_killed_then_resumed
 
 import robustreg.train as train_module
 from robustreg.optim import EntropySGD
-from robustreg.train import TrainingDiverged, build_optimizer, load_model, train
+from robustreg.schedule import build_optimizer
+from robustreg.train import TrainingDiverged, load_model, train
 
 
 def quadratic(w: torch.Tensor, h: float = 2.0) -> torch.Tensor:

@@ -16,7 +16,8 @@ from robustreg.data import save_split
 from robustreg.objectives import REGISTRY
 from robustreg.objectives.base import keeps_state
 from robustreg.objectives.mma import MMA, SEARCH_HEADROOM
-from robustreg.train import holdout_positions, train
+from robustreg.schedule import holdout_positions
+from robustreg.train import train
 
 MMA_PARAMS = {"norm": "l2", "hinge_max": 1.0, "init_eps": 0.3, "steps": 2, "search_steps": 3}
 MAX_EPS = SEARCH_HEADROOM * MMA_PARAMS["hinge_max"]

@@ -30,6 +30,7 @@ import yaml
 from robustreg.certify import max_certified_radius
 from robustreg.io import write_text_atomic
 from robustreg.objectives import describe, resolve_params, uses_sigma
+from robustreg.schedule import check_schedule
 from robustreg.tables import load_spec
 from robustreg.tables.spec import ATTACKS, load_figure_spec
 
@@ -460,8 +461,6 @@ def _attack(config: dict, name: str, where: str) -> dict:
 
 def _schedule(config: dict, name: str, where: str) -> dict:
     """The schedule ``name``, every setting the training loop reads checked now."""
-    from robustreg.train import check_schedule
-
     schedule = _lookup(config, "schedules", name, where)
     try:
         check_schedule(schedule)

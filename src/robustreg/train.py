@@ -21,12 +21,8 @@ accuracy found"; ``early_stop``, see ``EarlyStop``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import time
-from bisect import bisect_right
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,17 +32,20 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from robustreg.attacks.pgd import check_threat_model, pgd
 from robustreg.data import open_training_images
 from robustreg.io import atomic_path
 from robustreg.models import create_model
 from robustreg.objectives import StepContext, build_objective, keeps_state
 from robustreg.optim import EntropySGD
+from robustreg.schedule import (
+    EarlyStop,
+    build_optimizer,
+    holdout_positions,
+    lr_schedule,
+    single_process_only,
+)
 
 MODEL_FORMAT = "robustreg-model/1"
-LR_DECAYS = ("step", "cosine")
-OPTIMIZERS = ("sgd", "entropy_sgd", "adam")
-ENTROPY_SGD_KEYS = ("langevin_steps", "gamma", "langevin_lr", "noise", "alpha")
 
 
 class TrainingDiverged(RuntimeError):
@@ -81,142 +80,6 @@ def atomic_save(obj, path: str | Path) -> None:
         torch.save(obj, tmp)
 
 
-@dataclass(frozen=True)
-class LrFactor:
-    """The learning rate of epoch ``e`` (from 0) as a multiple of ``schedule.lr``.
-
-    A callable object rather than a closure so that ``LambdaLR.state_dict`` saves it and a
-    resumed run continues the same schedule. ``warmup_epochs`` w > 0 ramps linearly:
-    (e + 1) / w for e < w. Afterwards ``step`` multiplies by ``gamma`` at each of the
-    ``milestones`` passed (epochs counted from the start, warm-up included), and ``cosine``
-    follows 0.5 * (1 + cos(pi * (e - w) / (epochs - w))), from 1 down towards 0.
-    """
-
-    decay: str
-    warmup_epochs: int
-    epochs: int
-    milestones: tuple[int, ...]
-    gamma: float
-
-    def __call__(self, epoch: int) -> float:
-        if epoch < self.warmup_epochs:
-            return (epoch + 1) / self.warmup_epochs
-        if self.decay == "cosine":
-            # The scheduler also steps once after the last epoch, which may end the warm-up.
-            span = max(self.epochs - self.warmup_epochs, 1)
-            return 0.5 * (1.0 + math.cos(math.pi * (epoch - self.warmup_epochs) / span))
-        return self.gamma ** bisect_right(self.milestones, epoch)
-
-
-def lr_schedule(
-    optimizer: torch.optim.Optimizer, schedule: dict
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """The per-epoch learning-rate scheduler of ``schedule`` (stepped once after each epoch).
-
-    ``lr_decay`` is ``step`` (the default: ``lr_gamma`` at ``lr_milestones``) or ``cosine``;
-    ``warmup_epochs`` (default 0) adds a linear warm-up to either. ``cosine`` with a warm-up
-    is Feng et al. 2020's ImageNet schedule, "0.1 * epoch/8 for warm-up and
-    0.05 * (1 + cos(pi * epoch / (50 - 8))) afterwards", read as the ``lr_cosine_policy`` of
-    NVIDIA DeepLearningExamples' ResNet-50 (PyTorch/Classification/ConvNets/
-    image_classification/training.py), whose recipe their ImageNet settings are (momentum
-    0.875, weight decay 1/32768, label smoothing 0.1, 50 epochs, 8 of warm-up): per epoch,
-    lr * (e + 1) / w while e < w, then lr * 0.5 * (1 + cos(pi * (e - w) / (epochs - w))).
-    """
-    decay = schedule.get("lr_decay", "step")
-    warmup = schedule.get("warmup_epochs", 0)
-    if decay not in LR_DECAYS:
-        raise ValueError(f"schedule.lr_decay: {decay!r} is not one of {', '.join(LR_DECAYS)}")
-    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
-        raise ValueError(f"schedule.warmup_epochs: need an integer >= 0, got {warmup!r}")
-    if decay == "step" and warmup == 0:
-        # MultiStepLR, not an LrFactor: it multiplies by gamma at each milestone where the
-        # factor would take a power, and every run of the schedules before warm-up and
-        # cosine existed stays bit-identical (its checkpoints resume, too).
-        return torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=schedule["lr_milestones"], gamma=schedule["lr_gamma"]
-        )
-    factor = LrFactor(
-        decay=decay,
-        warmup_epochs=warmup,
-        epochs=schedule["epochs"],
-        milestones=tuple(sorted(schedule["lr_milestones"])),
-        gamma=schedule["lr_gamma"],
-    )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def build_optimizer(model: nn.Module, schedule: dict) -> torch.optim.Optimizer:
-    """The optimizer of ``schedule``: ``optimizer`` is ``sgd`` (the default), ``entropy_sgd``
-    or ``adam``.
-
-    SGD and Entropy-SGD take ``lr``, ``momentum``, ``nesterov`` and ``weight_decay``; SGD runs
-    without dampening (Jeong & Shin 2020, supp. A.1). Entropy-SGD reads its Langevin settings
-    from the mapping ``entropy_sgd`` (keys ``ENTROPY_SGD_KEYS``; each missing one takes
-    ``EntropySGD``'s default). Adam (torch's defaults: betas 0.9, 0.999) is the optimizer of
-    Madry et al.'s MNIST PGD-AT and of MMA's MNIST recipe; it takes ``lr`` and
-    ``weight_decay``, and a schedule for it must say momentum 0 and nesterov false, so that
-    no setting it ignores reads as if it applied.
-    """
-    name = schedule.get("optimizer", "sgd")
-    if name not in OPTIMIZERS:
-        raise ValueError(f"schedule.optimizer: {name!r} is not one of {', '.join(OPTIMIZERS)}")
-    if name == "adam":
-        if schedule["momentum"] != 0 or schedule["nesterov"]:
-            raise ValueError(
-                "schedule.momentum: Adam has no momentum setting; give momentum 0 and "
-                "nesterov false"
-            )
-        return torch.optim.Adam(
-            model.parameters(), lr=schedule["lr"], weight_decay=schedule["weight_decay"]
-        )
-    if name == "sgd":
-        return torch.optim.SGD(
-            model.parameters(),
-            lr=schedule["lr"],
-            momentum=schedule["momentum"],
-            nesterov=schedule["nesterov"],
-            dampening=0.0,
-            weight_decay=schedule["weight_decay"],
-        )
-    settings = schedule.get("entropy_sgd") or {}
-    if not isinstance(settings, dict):
-        raise ValueError(f"schedule.entropy_sgd: need a mapping of settings, got {settings!r}")
-    unknown = sorted(set(settings) - set(ENTROPY_SGD_KEYS))
-    if unknown:
-        raise ValueError(
-            f"schedule.entropy_sgd: unknown key {unknown[0]!r} (known: "
-            f"{', '.join(ENTROPY_SGD_KEYS)})"
-        )
-    try:
-        return EntropySGD(
-            model.parameters(),
-            lr=schedule["lr"],
-            momentum=schedule["momentum"],
-            nesterov=schedule["nesterov"],
-            weight_decay=schedule["weight_decay"],
-            **settings,
-        )
-    except ValueError as err:
-        raise ValueError(f"schedule.entropy_sgd.{err}") from None
-
-
-def check_schedule(schedule: dict) -> None:
-    """Every setting of ``schedule`` the loop reads, checked without training anything, so
-    a planner can refuse a bad one before any job runs (one-line ValueErrors)."""
-    probe = nn.Linear(1, 1)
-    lr_schedule(build_optimizer(probe, schedule), schedule)
-    _single_process_only(schedule, EarlyStop.from_schedule(schedule), schedule.get("processes", 1))
-
-
-def _single_process_only(schedule: dict, early_stop: EarlyStop | None, world: int) -> None:
-    """Neither early stopping nor Entropy-SGD is needed multi-process: Entropy-SGD's Langevin
-    noise would differ between ranks (each has its own stream) and so would their weights."""
-    langevin = schedule.get("optimizer", "sgd") == "entropy_sgd"
-    for key, used in (("early_stop", early_stop is not None), ("optimizer", langevin)):
-        if used and world > 1:
-            raise ValueError(f"schedule.{key}: not supported with schedule.processes > 1")
-
-
 def _recompute(objective, net: nn.Module, x, y, ctx: StepContext, optimizer, amp: bool):
     """The closure Entropy-SGD calls: the batch's loss again, at the current weights."""
 
@@ -228,127 +91,6 @@ def _recompute(objective, net: nn.Module, x, y, ctx: StepContext, optimizer, amp
         return loss
 
     return closure
-
-
-@dataclass(frozen=True)
-class EarlyStop:
-    """Model selection by robust accuracy on images held out of the training split.
-
-    The ATENT paper early-stops every model it trains "by tracking robust accuracies of
-    validation set" (section 4), and its Table 3 row PGD-AT(E) is Rice et al.'s (2020)
-    early-stopped PGD-AT. ``val_images`` images of the training split (``holdout_positions``
-    with ``seed``, class-balanced, the same for every training seed) are never trained on.
-    After each epoch the model, in eval mode, is scored on them without augmentation: clean
-    accuracy, and accuracy on the PGD examples of ``robustreg.attacks.pgd`` (``norm``,
-    ``eps``, ``steps``, ``step_size``, ``restarts``; random start drawn from ``seed``, so the
-    score of given weights is reproducible), as Rice et al.'s ``train_cifar.py`` and TRADES'
-    ``eval_adv_test_whitebox`` count it. The epoch of the highest robust accuracy (the
-    earlier one on ties) gives the weights of ``model.pt``.
-    """
-
-    val_images: int
-    norm: str
-    eps: float
-    steps: int
-    step_size: float
-    restarts: int = 1
-    seed: int = 0
-
-    @classmethod
-    def from_schedule(cls, schedule: dict) -> EarlyStop | None:
-        """``schedule.early_stop`` checked; None when it is absent or null (off)."""
-        spec = schedule.get("early_stop")
-        if spec is None:
-            return None
-        if not isinstance(spec, dict):
-            raise ValueError(f"schedule.early_stop: need a mapping or null, got {spec!r}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(spec) - set(names))
-        if unknown:
-            raise ValueError(
-                f"schedule.early_stop: unknown key {unknown[0]!r} (known: {', '.join(names)})"
-            )
-        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
-        missing = [name for name in required if name not in spec]
-        if missing:
-            raise ValueError(f"schedule.early_stop: missing key {missing[0]!r}")
-        early_stop = cls(**spec)
-        for name in ("val_images", "steps", "restarts", "seed", "eps", "step_size"):
-            value = getattr(early_stop, name)
-            kinds = int if name in ("val_images", "steps", "restarts", "seed") else (int, float)
-            if not isinstance(value, kinds) or isinstance(value, bool):
-                raise ValueError(f"schedule.early_stop.{name}: need a number, got {value!r}")
-        if early_stop.val_images < 1 or early_stop.seed < 0:
-            raise ValueError(
-                f"schedule.early_stop: need val_images >= 1 and seed >= 0, got "
-                f"{early_stop.val_images} and {early_stop.seed}"
-            )
-        try:
-            check_threat_model(
-                early_stop.norm,
-                early_stop.eps,
-                early_stop.steps,
-                early_stop.step_size,
-                early_stop.restarts,
-            )
-        except ValueError as err:
-            raise ValueError(f"schedule.early_stop: {err}") from None
-        return early_stop
-
-    def evaluate(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        batch_size: int,
-        device: torch.device,
-    ) -> tuple[float, float]:
-        """Clean and PGD robust accuracy of ``model`` on ``x``, ``y`` (any device).
-
-        Leaves the model in eval mode. PGD draws from its own seed inside a forked RNG, so
-        the training's random streams (and so a resumed run) are untouched.
-        """
-        model.eval()
-        clean = robust = 0
-        forked = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=forked):
-            torch.manual_seed(self.seed)
-            for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
-                xb, yb = xb.to(device), yb.to(device)
-                if device.type == "cpu":
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                with torch.no_grad():
-                    clean += int((model(xb).argmax(dim=1) == yb).sum())
-                adv = pgd(
-                    model,
-                    xb,
-                    yb,
-                    norm=self.norm,
-                    eps=self.eps,
-                    steps=self.steps,
-                    step_size=self.step_size,
-                    restarts=self.restarts,
-                )
-                with torch.no_grad():
-                    robust += int((model(adv).argmax(dim=1) == yb).sum())
-        return clean / len(y), robust / len(y)
-
-
-def holdout_positions(labels: torch.Tensor | np.ndarray, count: int, seed: int) -> np.ndarray:
-    """``count`` positions of a split with ``labels``, sorted: a seeded, class-balanced choice.
-
-    Classes are dealt round-robin, each in a random order of its images, and the classes of
-    a round in a random order, so class counts differ by at most one (until a class runs
-    out). It depends on ``seed`` and the labels only, not on the training seed.
-    """
-    y = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    rank = np.empty(len(y), dtype=np.int64)
-    for label in np.unique(y):
-        members = np.flatnonzero(y == label)
-        rank[rng.permutation(members)] = np.arange(len(members))
-    order = np.lexsort((rng.permutation(len(y)), rank))
-    return np.sort(order[:count])
 
 
 def _validation_images(
@@ -406,7 +148,7 @@ def train(
     schedule = config["schedule"]
     rank, world = _rank_and_world(schedule.get("processes", 1))
     early_stop = EarlyStop.from_schedule(schedule)
-    _single_process_only(schedule, early_stop, world)
+    single_process_only(schedule, early_stop, world)
     if keeps_state(config["method"]) and world > 1:
         raise ValueError(
             f"schedule.processes: method {config['method']!r} keeps per-example state, "
