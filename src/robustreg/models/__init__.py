@@ -15,6 +15,7 @@ from robustreg.models import (  # noqa: F401  (registers the paper architectures
     imagenet,
     lenet,
     lenet5,
+    resnext_cifar,
     small_cnn,
     wide_resnet,
 )

@@ -5,6 +5,7 @@ from robustreg.objectives import (  # noqa: F401  (each module registers its met
     atent,
     consistency,
     gaussian,
+    gradient_norm,
     macer,
     mart,
     mma,
