@@ -20,7 +20,7 @@ rule table:
     input:
         cells="results/tables/{table}.cells.yaml",
         logs=table_logs,
-        spec=lambda wc: spec_file(wc.table),
+        spec=lambda wc: spec_file(PLAN.tables[wc.table].spec),
     output:
         md="reports/{table}.md",
         tex="reports/{table}.tex",
