@@ -223,7 +223,7 @@ def _results_table(config: dict, plan: Plan, table_name: str, table: dict) -> Ta
     scale_rows: dict[str, str] = {}  # dataset -> the row that set it
     # (n, alpha) -> the sigmas at which a column's radius is beyond what CERTIFY can return
     beyond: dict[tuple[int, float], list[float]] = {}
-    radii = sorted({c.radius for c in spec.columns if c.radius is not None})
+    largest = max((c.radius for c in spec.columns if c.radius is not None), default=None)
     for row_key, row, sigmas in _rows(table_name, table, spec):
         row_where = f"{where}.rows.{row_key}"
         if seeds is not None and "seed" in row:
@@ -264,11 +264,14 @@ def _results_table(config: dict, plan: Plan, table_name: str, table: dict) -> Ta
                     certifier=row.get("certifier", "certify"),
                 )
             )
-            if row.get("certifier", "certify") == "certify":
-                top = max_certified_radius(sigma, cert_cfg["n"], cert_cfg["alpha"])
-                sigmas_beyond = beyond.setdefault((cert_cfg["n"], cert_cfg["alpha"]), [])
-                if radii and radii[-1] > top and sigma not in sigmas_beyond:
-                    sigmas_beyond.append(sigma)
+            n, alpha = cert_cfg["n"], cert_cfg["alpha"]
+            if (
+                row.get("certifier", "certify") == "certify"
+                and largest is not None
+                and largest > max_certified_radius(sigma, n, alpha)
+                and sigma not in beyond.get((n, alpha), [])
+            ):
+                beyond.setdefault((n, alpha), []).append(sigma)
     stated = {name: text for name, text in scales.items() if text}
     if len(scales) == 1:
         tplan.banner = next(iter(scales.values()))
@@ -276,7 +279,6 @@ def _results_table(config: dict, plan: Plan, table_name: str, table: dict) -> Ta
         tplan.banner = " ".join(f"{_DISPLAY[name]} rows: {text}" for name, text in stated.items())
     if tplan.banner and seeds is not None:
         tplan.banner += f" Training seeds: {', '.join(map(str, seeds))}."
-    beyond = {key: sigmas for key, sigmas in beyond.items() if sigmas}
     if tplan.banner and beyond:
         tplan.banner += " " + _beyond_reach(beyond)
     tplan.banner = _with_note(tplan.banner, table, where, config)

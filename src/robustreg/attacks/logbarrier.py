@@ -41,6 +41,8 @@ cfinlay/logbarrier ``logbarrier.py``:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -149,83 +151,72 @@ def _backtrack(
     return x_new
 
 
-def _check(
-    norm: str,
-    top_k: int,
-    dt: float,
-    alpha: float,
-    beta: float,
-    gamma: float,
-    max_outer: int,
-    max_inner: int,
-    tol: float,
-    T: float,
-    init_scale: float,
-    init_growth: float,
-    init_tries: int,
-) -> None:
-    if norm not in NORMS:
-        raise ValueError(f"norm: {norm!r} is not one of {', '.join(NORMS)}")
-    positive = {"dt": dt, "alpha": alpha, "T": T, "init_scale": init_scale}
-    for name, value in positive.items():
-        if not value > 0:
-            raise ValueError(f"{name}: must be > 0, got {value}")
-    if not 0 < beta <= 1:
-        raise ValueError(f"beta: must be in (0, 1], got {beta}")
-    if not 0 < gamma < 1:
-        raise ValueError(f"gamma: must be in (0, 1), got {gamma}")
-    if not init_growth >= 1:
-        raise ValueError(f"init_growth: must be >= 1, got {init_growth}")
-    if not tol >= 0:
-        raise ValueError(f"tol: must be >= 0, got {tol}")
-    counts = {"top_k": (top_k, 1), "max_outer": (max_outer, 0), "max_inner": (max_inner, 1)}
-    counts["init_tries"] = (init_tries, 0)
-    for name, (value, least) in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{name}: must be an integer >= {least}, got {value!r}")
+@dataclass(frozen=True)
+class _Settings:
+    """The attack's settings, checked once (one-line ValueErrors naming the argument)."""
+
+    norm: str
+    top_k: int
+    dt: float
+    alpha: float
+    beta: float
+    gamma: float
+    max_outer: int
+    max_inner: int
+    tol: float
+    T: float
+    init_scale: float
+    init_growth: float
+    init_tries: int
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"norm: {self.norm!r} is not one of {', '.join(NORMS)}")
+        for name in ("dt", "alpha", "T", "init_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if not 0 < self.beta <= 1:
+            raise ValueError(f"beta: must be in (0, 1], got {self.beta}")
+        if not 0 < self.gamma < 1:
+            raise ValueError(f"gamma: must be in (0, 1), got {self.gamma}")
+        if not self.init_growth >= 1:
+            raise ValueError(f"init_growth: must be >= 1, got {self.init_growth}")
+        if not self.tol >= 0:
+            raise ValueError(f"tol: must be >= 0, got {self.tol}")
+        for name, least in (("top_k", 1), ("max_outer", 0), ("max_inner", 1), ("init_tries", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name}: must be an integer >= {least}, got {value!r}")
 
 
 def _descend(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    start: torch.Tensor,
-    *,
-    norm: str,
-    top_k: int,
-    dt: float,
-    alpha: float,
-    beta: float,
-    gamma: float,
-    max_outer: int,
-    max_inner: int,
-    tol: float,
-    T: float,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor, cfg: _Settings
 ) -> torch.Tensor:
     """The outer (barrier weight) and inner (gradient step) loops from misclassified ``start``;
     the closest iterate per image."""
+    norm = cfg.norm
     x_cur = start.clone()
     best = start.clone()
     best_dist = flat_norms(start - x, norm)
-    for k in range(max_outer):
-        weight = alpha * beta**k
+    for k in range(cfg.max_outer):
+        weight = cfg.alpha * cfg.beta**k
         active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        for _ in range(max_inner):
+        for _ in range(cfg.max_inner):
             idx = active.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
             x_i, y_i, old = x[idx], y[idx], x_cur[idx]
             grad = _gradient(
-                model, x_i, old, y_i, norm=norm, top_k=top_k, weight=weight, temperature=T
+                model, x_i, old, y_i, norm=norm, top_k=cfg.top_k, weight=weight, temperature=cfg.T
             )
-            new = (old - dt * grad).clamp(0.0, 1.0)
-            new = _backtrack(model, new, old, y_i, top_k=top_k, gamma=gamma)
+            new = (old - cfg.dt * grad).clamp(0.0, 1.0)
+            new = _backtrack(model, new, old, y_i, top_k=cfg.top_k, gamma=cfg.gamma)
             x_cur[idx] = new
             dist = flat_norms(new - x_i, norm)
             closer = dist < best_dist[idx]
             best[idx[closer]] = new[closer]
             best_dist[idx[closer]] = dist[closer]
-            active[idx] = flat_norms(new - old, norm) > tol
+            active[idx] = flat_norms(new - old, norm) > cfg.tol
     return best
 
 
@@ -260,20 +251,20 @@ def logbarrier(
     input are taken, so no parameter's ``.grad`` is touched. Random draws use ``generator``
     when given (it must live on ``x``'s device).
     """
-    _check(
-        norm,
-        top_k,
-        dt,
-        alpha,
-        beta,
-        gamma,
-        max_outer,
-        max_inner,
-        tol,
-        T,
-        init_scale,
-        init_growth,
-        init_tries,
+    cfg = _Settings(
+        norm=norm,
+        top_k=top_k,
+        dt=dt,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        max_outer=max_outer,
+        max_inner=max_inner,
+        tol=tol,
+        T=T,
+        init_scale=init_scale,
+        init_growth=init_growth,
+        init_tries=init_tries,
     )
     if x.dim() < 2 or y.shape != (x.shape[0],):
         raise ValueError(f"x, y: need x [B, ...] and y [B], got {tuple(x.shape)}, {tuple(y.shape)}")
@@ -305,20 +296,5 @@ def logbarrier(
         found[todo] = ok
         idx = todo[ok]
         if idx.numel():
-            x_adv[idx] = _descend(
-                model,
-                x[idx],
-                y[idx],
-                start[ok],
-                norm=norm,
-                top_k=top_k,
-                dt=dt,
-                alpha=alpha,
-                beta=beta,
-                gamma=gamma,
-                max_outer=max_outer,
-                max_inner=max_inner,
-                tol=tol,
-                T=T,
-            )
+            x_adv[idx] = _descend(model, x[idx], y[idx], start[ok], cfg)
     return x_adv, found
