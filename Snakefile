@@ -1,4 +1,4 @@
-"""robustreg: dataset -> train -> certify / attack -> table / figure -> paper index.
+"""robustreg: dataset -> train -> certify / attack / bounds -> table / figure -> paper index.
 
 Rules only map wildcards and config to `python -m robustreg ...` calls and declare
 resources; the logic lives in src/robustreg, where it is tested.
@@ -50,6 +50,7 @@ wildcard_constraints:
     exp=r"[^/]+",
     cert=r"[^/]+",
     attack=r"[^/]+",
+    bounds=r"[^/]+",
     table=names_pattern(PLAN.tables),
     figure=names_pattern(PLAN.figures),
     paper=names_pattern(PLAN.papers),
@@ -59,6 +60,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/certify.smk"
 include: "workflow/rules/attack.smk"
+include: "workflow/rules/bounds.smk"
 include: "workflow/rules/tables.smk"
 
 

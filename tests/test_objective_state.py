@@ -66,8 +66,8 @@ def experiment(method="mma", **schedule) -> dict:
     }
 
 
-def test_only_mma_keeps_state():
-    assert [name for name in sorted(REGISTRY) if keeps_state(name)] == ["mma"]
+def test_only_mma_and_free_at_keep_state():
+    assert [name for name in sorted(REGISTRY) if keeps_state(name)] == ["free_at", "mma"]
 
 
 def test_mma_memory_carries_each_examples_eps_across_steps_and_epochs(

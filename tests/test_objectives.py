@@ -48,6 +48,7 @@ REQUIRED = {
     "mma": {"norm": "l2", "hinge_max": 0.3, "init_eps": 0.1, "steps": 2, "search_steps": 2},
     "atent": {"norm": "l2", "gamma": 0.05, "steps": 2, "step_size": 0.1, "init_radius": 0.2},
     "gradient_norm": {"norm": "l2", "lam": 0.1, "method": "fd"},
+    "free_at": {"eps": 8 / 255, "m": 2},
 }
 
 
@@ -472,6 +473,7 @@ EXPECTED_PARAMS = {
     ],  # fmt: skip
     "atent": ["norm", "gamma", "steps", "step_size", "noise", "alpha", "init_radius"],
     "gradient_norm": ["norm", "lam", "method", "h"],
+    "free_at": ["eps", "m", "step_size"],
 }
 
 
@@ -527,7 +529,9 @@ def test_batch_split():
         "macer": 1,
         "adre_reg": 1,
         "adre_adv": 1,
-    } | dict.fromkeys(["standard", "pgd_at", "trades", "mart", "mma", "atent", "gradient_norm"], 1)
+    } | dict.fromkeys(
+        ["standard", "pgd_at", "trades", "mart", "mma", "atent", "gradient_norm", "free_at"], 1
+    )
     assert build_objective("consistency", 0.5, {"lbd": 1.0, "m": 3}).batch_split == 3
 
 

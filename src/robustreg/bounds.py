@@ -29,39 +29,63 @@ are read from the fit "with threshold p = 0.001" (``gev_quantile``). The pipelin
     l_bound(loss, L), omega_bound_distance(loss, grad_norm, omegas, eps_grid)
 
 The paper does not say how v is drawn, how many, nor the batch size; our readings are stated
-where they are made. The authors' released code (cfinlay/tulip, cifar10/ and
-imagenet/test_statistics.py) has no GEV fit and no omega at all: it takes L as the empirical
-maximum of the gradient norms, which ``batch_maxima(grad_norm, len(grad_norm))`` also gives.
+where they are made. The bounds job (``python -m robustreg bounds``) runs this pipeline on a
+set of test images: ``bound_statistics`` (per image), ``bound_summary`` (the fits),
+``write_bounds`` / ``read_bounds`` (bounds.tsv and bounds.json) and ``bound_distances``
+(per-image certified distances for ``bound_error`` and the tables).
+
+The authors' released code (cfinlay/tulip, cifar10/ and imagenet/test_statistics.py) has no
+GEV fit and no omega at all: it takes L as the empirical maximum of the gradient norms, which
+``batch_maxima(grad_norm, len(grad_norm))`` also gives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from numpy.typing import ArrayLike
 from scipy import optimize
 from scipy.stats import genextreme
 from torch import nn
+from tqdm import tqdm
 
 from robustreg.attacks.pgd import NORMS, eval_mode, flat_norms, per_example
+from robustreg.io import image_ids, write_text_atomic
 
 __all__ = [
+    "BOUNDS_FORMAT",
+    "BOUND_COLUMNS",
     "GEV_P",
     "OUTPUTS",
     "batch_maxima",
+    "bound_distances",
     "bound_error",
+    "bound_statistics",
+    "bound_summary",
+    "check_blocks",
     "fit_gev",
     "gev_quantile",
     "gradient_dual_norms",
     "l_bound",
     "margin_loss",
+    "modulus_column",
     "modulus_samples",
     "omega_bound_distance",
     "omega_bound_holds",
+    "read_bounds",
+    "resolve_bound_settings",
     "uniform_ball",
+    "write_bounds",
 ]
 
 OUTPUTS = ("logits", "softmax")
@@ -190,6 +214,21 @@ def uniform_ball(
     return direction * per_example(radius, direction)
 
 
+def _ball_draws(
+    shape: tuple[int, ...],
+    eps: float,
+    norm: str,
+    generator: torch.Generator | Sequence[torch.Generator],
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``uniform_ball`` points [shape[0], ...], from one generator or one generator per point."""
+    if isinstance(generator, torch.Generator):
+        return uniform_ball(shape, eps, norm, generator, dtype)
+    if len(generator) != shape[0]:
+        raise ValueError(f"need one generator per image ({shape[0]}), got {len(generator)}")
+    return torch.cat([uniform_ball((1, *shape[1:]), eps, norm, g, dtype) for g in generator])
+
+
 def modulus_samples(
     model: nn.Module,
     x: torch.Tensor,
@@ -197,7 +236,7 @@ def modulus_samples(
     eps: float,
     norm: str,
     samples: int,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator],
     *,
     top_k: int = 1,
     outputs: str = "logits",
@@ -208,10 +247,12 @@ def modulus_samples(
         m_i = max_{s = 1..samples}  l(x_i + v_s) - l(x_i) - <v_s, grad l(x_i)>,
 
     with every v_s drawn by ``uniform_ball`` in the eps-ball of ``norm`` (fresh draws per image
-    and sample). The paper samples "over ||v|| <= eps" without saying how; uniform in the ball
-    is our reading, the same as CLEVER's (Weng et al. 2018) sampling of gradient norms.
-    ``batch_maxima`` of the m_i then gives maxima "over batches of the data distribution and
-    ||v|| <= eps", the samples ``fit_gev`` takes to estimate omega(eps).
+    and sample), from ``generator``, or from ``generator[i]`` for image i when it is a sequence
+    of one generator per image (then an image's draws do not depend on the other images). The
+    paper samples "over ||v|| <= eps" without saying how; uniform in the ball is our reading,
+    the same as CLEVER's (Weng et al. 2018) sampling of gradient norms. ``batch_maxima`` of the
+    m_i then gives maxima "over batches of the data distribution and ||v|| <= eps", the samples
+    ``fit_gev`` takes to estimate omega(eps).
 
     ``clip`` (default True) replaces each v by clip(x_i + v, 0, 1) - x_i, so only valid images
     are evaluated. Eq. 5 has no box, but the attacks whose distances the bound is compared with
@@ -238,7 +279,7 @@ def modulus_samples(
     best = torch.full_like(loss, float("-inf"))
     with eval_mode(model), torch.no_grad():
         for _ in range(samples):
-            v = uniform_ball(tuple(x.shape), eps, norm, generator, x.dtype).to(x.device)
+            v = _ball_draws(tuple(x.shape), eps, norm, generator, x.dtype).to(x.device)
             if clip:
                 v = (x + v).clamp(0.0, 1.0) - x
             shifted = margin_loss(model(x + v), y, top_k, outputs)
@@ -433,3 +474,346 @@ def bound_error(distance: ArrayLike, eps: ArrayLike) -> np.ndarray:
     if dist.size == 0 or np.any(np.isnan(dist)) or np.any(dist < 0):
         raise ValueError("distance must be non-empty, with no nan, and >= 0")
     return (dist[None, :] < thresholds[:, None]).mean(axis=1)
+
+
+# --- the bounds job ---------------------------------------------------------------------------
+
+# The per-image columns of bounds.tsv before the modulus columns (``modulus_column``).
+BOUND_COLUMNS: tuple[str, ...] = ("idx", "label", "correct", "loss", "grad_norm")
+BOUNDS_FORMAT = "robustreg-bounds/1"
+_EPS_GRID_SAYS = "a non-empty, strictly increasing list of numbers > 0"
+
+
+def _is_eps_grid(value: object) -> bool:
+    from robustreg.attacks.suite import _is_number
+
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(_is_number(e) and e > 0 for e in value)
+        and all(a < b for a, b in itertools.pairwise(value))
+    )
+
+
+def _setting_needs() -> dict:
+    """key -> (what it accepts, default; None = required). The attack stage's setting checks
+    (``robustreg.attacks.suite``), imported here: its minimal attacks import this module."""
+    from robustreg.attacks.suite import _BOOL, _INT_1, _NORM, _Need, _one_of
+
+    grid = _Need(_is_eps_grid, _EPS_GRID_SAYS, lambda v: [float(e) for e in v])
+    return {
+        "norm": (_NORM, None),
+        "eps": (grid, None),
+        "samples": (_INT_1, None),
+        "block": (_INT_1, None),
+        "top_k": (_INT_1, 1),
+        "outputs": (_one_of(*OUTPUTS), "logits"),
+        "clip": (_BOOL, True),
+    }
+
+
+def modulus_column(k: int) -> str:
+    """The bounds.tsv column of the sampled modulus at the k-th eps (0-based) of the grid."""
+    return f"modulus_{k}"
+
+
+def resolve_bound_settings(spec: Mapping) -> dict:
+    """The bounds job's settings from a mapping such as ``{"norm": "l2", "eps": [0.5, 1.0],
+    "samples": 10, "block": 10}``, defaults filled in (top_k 1, outputs "logits", clip true),
+    numbers as floats; one-line ValueErrors name the unknown, missing or bad key.
+
+    eps must be > 0: omega(0) = 0 exactly (Eq. 5 at v = 0), and its maxima, all 0, cannot be
+    fitted. ``clip`` is ``modulus_samples``' (v kept inside the [0, 1] box).
+    """
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"bounds: need a mapping of settings, got {spec!r}")
+    needs = _setting_needs()
+    unknown = sorted(set(spec) - set(needs))
+    if unknown:
+        raise ValueError(f"bounds: unknown key {unknown[0]!r} (known: {', '.join(needs)})")
+    settings = {}
+    for key, (need, default) in needs.items():
+        if key not in spec:
+            if default is None:
+                raise ValueError(f"bounds: missing key {key!r}")
+            settings[key] = default
+        elif not need.test(spec[key]):
+            raise ValueError(f"bounds.{key}: need {need.says}, got {spec[key]!r}")
+        else:
+            settings[key] = need.cast(spec[key])
+    return settings
+
+
+def check_blocks(images: int, block: int) -> None:
+    """``block`` images per block must split ``images`` into equal blocks (``batch_maxima``),
+    at least as many as a GEV fit needs (``fit_gev``)."""
+    if block < 1 or images % block or images // block < _MIN_MAXIMA:
+        raise ValueError(
+            f"block: {block} images per block must split the {images} images into "
+            f">= {_MIN_MAXIMA} equal blocks"
+        )
+
+
+def bound_statistics(
+    model: nn.Module,
+    x: torch.Tensor | np.ndarray,
+    y: Sequence[int] | torch.Tensor | np.ndarray,
+    *,
+    norm: str,
+    eps: Sequence[float],
+    samples: int,
+    top_k: int = 1,
+    outputs: str = "logits",
+    clip: bool = True,
+    batch_size: int,
+    seed: int,
+    device: torch.device | str,
+    progress: bool = True,
+    indices: Sequence[int] | np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-image statistics of Proposition 2.2 (section 2.2) on a set of test images: what
+    ``bound_summary`` fits and the per-image bounds (``bound_distances``) read.
+
+    ``x`` [N, C, H, W] uint8 or float in [0, 1] (CPU), ``y`` its labels, ``indices`` the images'
+    dataset positions (default 0..N-1). The model runs in eval mode with frozen parameters on
+    ``device`` (``attack_mode``), ``batch_size`` images at a time. Per image: ``margin_loss``
+    and the dual norm of its input gradient (``gradient_dual_norms``), and for every eps of the
+    grid the maximum of Eq. 5's bracket over ``samples`` draws (``modulus_samples``).
+
+    The draws of image i come from its own generator on ``device``, seeded from (``seed``,
+    indices[i]) and seeded again for every eps: an image's results depend neither on the batch
+    size nor on the other images, and every eps scales the same unit draws (up to the box, with
+    ``clip``), which keeps the omega(eps) estimates of one grid comparable.
+
+    Returns numpy arrays, one row per image: idx, label, correct (1 if the label is in the top
+    ``top_k``, i.e. loss < 0) as int64; loss, grad_norm, modulus [N, len(eps)] and seconds (the
+    batch's wall time shared evenly between its images) as float64.
+    """
+    from robustreg.attacks.suite import _as_unit_float, _batch_seed, attack_mode
+
+    _check_norm(norm)
+    grid = [float(e) for e in eps]
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    images = torch.as_tensor(x)
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    num = images.shape[0]
+    idx, label = image_ids(num, indices, y)
+    result = {
+        "idx": idx,
+        "label": label,
+        "loss": np.zeros(num, dtype=np.float64),
+        "grad_norm": np.zeros(num, dtype=np.float64),
+        "modulus": np.zeros((num, len(grid)), dtype=np.float64),
+        "seconds": np.zeros(num, dtype=np.float64),
+    }
+    bar = tqdm(total=num, disable=not progress, file=sys.stderr, unit="img")
+    with bar, attack_mode(model, device):
+        for start in range(0, num, batch_size):
+            stop = min(start + batch_size, num)
+            t0 = time.perf_counter()
+            batch = _as_unit_float(images[start:stop]).to(device)
+            labels = torch.as_tensor(label[start:stop], device=device)
+            loss, dual = gradient_dual_norms(model, batch, labels, norm, top_k, outputs)
+            result["loss"][start:stop] = loss.cpu().numpy()
+            result["grad_norm"][start:stop] = dual.cpu().numpy()
+            for j, radius in enumerate(grid):
+                generators = [
+                    torch.Generator(device).manual_seed(_batch_seed(seed, i))
+                    for i in idx[start:stop]
+                ]
+                modulus = modulus_samples(
+                    model,
+                    batch,
+                    labels,
+                    radius,
+                    norm,
+                    samples,
+                    generators,
+                    top_k=top_k,
+                    outputs=outputs,
+                    clip=clip,
+                )
+                result["modulus"][start:stop, j] = modulus.cpu().numpy()
+            # .cpu() waited for the device, so this is the batch's real wall time
+            result["seconds"][start:stop] = (time.perf_counter() - t0) / (stop - start)
+            bar.update(stop - start)
+    return {"correct": (result["loss"] < 0).astype(np.int64), **result}
+
+
+def _moduli(per_image: Mapping, grid: int) -> np.ndarray:
+    """The [N, grid] sampled moduli: ``bound_statistics``' "modulus", or the modulus columns
+    of a bounds.tsv frame."""
+    if "modulus" in per_image:
+        return np.asarray(per_image["modulus"], dtype=np.float64)
+    return np.column_stack([np.asarray(per_image[modulus_column(k)]) for k in range(grid)])
+
+
+def _fit(name: str, values: np.ndarray, block: int) -> tuple[dict[str, float], float]:
+    """The GEV fitted to the block maxima of ``values``, and its value at GEV_P
+    (``gev_quantile``, without fitting twice)."""
+    try:
+        c, loc, scale = fit_gev(batch_maxima(values, block))
+    except ValueError as err:
+        raise ValueError(f"GEV fit of {name}: {err}") from None
+    return {"c": c, "loc": loc, "scale": scale}, float(genextreme.isf(GEV_P, c, loc, scale))
+
+
+def bound_summary(per_image: Mapping, *, eps: Sequence[float], block: int, seed: int = 0) -> dict:
+    """The estimates of section 2.2 from per-image values (``bound_statistics``' result or the
+    frame of ``read_bounds``):
+
+        L        = gev_quantile(batch_maxima(grad_norm, block)),
+        omega_j  = gev_quantile(batch_maxima(modulus at eps_j, block)),   j over the grid,
+
+    with the images put in blocks of ``block`` in an order drawn from ``seed`` (numpy's
+    default_rng permutation): the paper takes maxima "over batches from the data
+    distribution", i.e. random batches, while a split's own order may be by class (an ImageNet
+    folder split is). The paper gives neither the block size nor the number of blocks, so
+    ``block`` is a setting. Every image goes into the maxima, misclassified ones included: the
+    paper samples "from the data distribution", and L and omega are suprema over all inputs.
+
+    Returns a JSON-ready dict: lipschitz (L), omega (aligned with ``eps``), p (GEV_P), gev (the
+    fits' scipy genextreme parameters: {"lipschitz": {c, loc, scale}, "omega": [{c, loc,
+    scale}, ...]}), grad_norm_mean and grad_norm_max (over all images: Table B.3's "mean" and
+    "max"), blocks (maxima per fit) and images.
+    """
+    grid = [float(e) for e in eps]
+    grad = np.asarray(per_image["grad_norm"], dtype=np.float64).ravel()
+    modulus = _moduli(per_image, len(grid))
+    if modulus.shape != (grad.size, len(grid)):
+        raise ValueError(
+            f"modulus must have shape [{grad.size}, {len(grid)}] (images, eps), got {modulus.shape}"
+        )
+    check_blocks(grad.size, block)
+    order = np.random.default_rng(seed).permutation(grad.size)
+    lipschitz_fit, lipschitz = _fit("grad_norm", grad[order], block)
+    omega_fits, omegas = [], []
+    for j, radius in enumerate(grid):
+        fit, omega = _fit(f"the modulus at eps {radius}", modulus[order, j], block)
+        omega_fits.append(fit)
+        omegas.append(omega)
+    return {
+        "lipschitz": lipschitz,
+        "omega": omegas,
+        "p": GEV_P,
+        "gev": {"lipschitz": lipschitz_fit, "omega": omega_fits},
+        "grad_norm_mean": float(grad.mean()),
+        "grad_norm_max": float(grad.max()),
+        "blocks": grad.size // block,
+        "images": int(grad.size),
+    }
+
+
+def write_bounds(
+    directory: str | os.PathLike, per_image: Mapping[str, np.ndarray], summary: Mapping
+) -> None:
+    """A bounds job's two files in ``directory``, each written atomically, bounds.json last.
+
+    bounds.tsv: tab-separated, one row per image: ``BOUND_COLUMNS`` (idx, label, correct, loss,
+    grad_norm), then ``modulus_0``, ``modulus_1``, ... (the sampled maximum of Eq. 5's bracket
+    at summary["eps"][k]); floats written with ``repr``, so they read back exactly.
+
+    bounds.json: ``summary`` (one flat object, its "eps" the grid) with "format" added.
+    """
+    grid = len(summary["eps"])
+    columns = [*BOUND_COLUMNS, *(modulus_column(k) for k in range(grid))]
+    modulus = np.asarray(per_image["modulus"], dtype=np.float64).reshape(-1, grid)
+    lines = ["\t".join(columns)]
+    for row in zip(*(per_image[key] for key in BOUND_COLUMNS), modulus, strict=True):
+        *ints, loss, grad_norm, moduli = row
+        floats = [loss, grad_norm, *moduli]
+        lines.append("\t".join([str(int(v)) for v in ints] + [repr(float(v)) for v in floats]))
+    folder = Path(directory)
+    write_text_atomic(folder / "bounds.tsv", "\n".join(lines) + "\n")
+    document = {"format": BOUNDS_FORMAT, **summary}
+    write_text_atomic(folder / "bounds.json", json.dumps(document, indent=2, sort_keys=True))
+
+
+def _read_summary(path: Path) -> dict:
+    from robustreg.attacks.suite import _is_int, _is_number
+
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: not a readable bounds summary ({reason})") from None
+    if not isinstance(summary, dict) or summary.get("format") != BOUNDS_FORMAT:
+        raise ValueError(f"{path}: not a bounds summary (expected format {BOUNDS_FORMAT})")
+    if summary.get("norm") not in NORMS:
+        raise ValueError(f"{path}: norm must be one of {', '.join(NORMS)}")
+    if not _is_eps_grid(summary.get("eps")):
+        raise ValueError(f"{path}: eps must be {_EPS_GRID_SAYS}")
+    omega = summary.get("omega")
+    if not isinstance(omega, list) or not all(_is_number(w) for w in omega):
+        raise ValueError(f"{path}: omega must be a list of numbers")
+    if len(omega) != len(summary["eps"]):
+        raise ValueError(f"{path}: omega must hold one number per eps ({len(summary['eps'])})")
+    if not (_is_number(summary.get("lipschitz")) and summary["lipschitz"] > 0):
+        raise ValueError(f"{path}: lipschitz must be a number > 0")
+    if not (_is_int(summary.get("images")) and summary["images"] >= 1):
+        raise ValueError(f"{path}: images must be an integer >= 1")
+    return summary
+
+
+def read_bounds(directory: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
+    """A bounds job's files (``write_bounds``): bounds.tsv as a frame (idx, label, correct as
+    int64, the rest float64) and bounds.json as a dict. The two must agree: one modulus column
+    per eps, one row per image. One-line ValueErrors name the file and the problem."""
+    folder = Path(directory)
+    summary = _read_summary(folder / "bounds.json")
+    name = folder / "bounds.tsv"
+    try:
+        frame = pd.read_csv(name, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{name}: not a readable bounds table ({reason})") from None
+    columns = [*BOUND_COLUMNS, *(modulus_column(k) for k in range(len(summary["eps"])))]
+    if list(frame.columns) != columns:
+        raise ValueError(
+            f"{name}: columns must be {' '.join(columns)} (one modulus column per eps of "
+            f"bounds.json), got {' '.join(map(str, frame.columns))}"
+        )
+    typed = {}
+    for column in columns:
+        kind = np.int64 if column in ("idx", "label", "correct") else np.float64
+        try:
+            typed[column] = frame[column].astype(kind)
+        except ValueError:
+            raise ValueError(
+                f"{name}: column {column!r} holds a value that is not a number"
+            ) from None
+    frame = pd.DataFrame(typed)
+    if len(frame) != summary["images"]:
+        raise ValueError(
+            f"{name}: {len(frame)} rows, but bounds.json counts {summary['images']} images"
+        )
+    if not frame["correct"].isin([0, 1]).all():
+        raise ValueError(f"{name}: column 'correct' must be 0 or 1")
+    if frame["idx"].duplicated().any():
+        raise ValueError(f"{name}: column 'idx' repeats an image")
+    return frame, summary
+
+
+def bound_distances(frame: pd.DataFrame, summary: Mapping, which: str) -> np.ndarray:
+    """Per-image certified distances [N] from ``read_bounds``' frame and summary:
+
+        "l":     ``l_bound(loss, L)``                                   (L-bound, Table 2),
+        "omega": ``omega_bound_distance(loss, grad_norm, omega, eps)``  (omega-bound, floored
+                 to the eps grid; Tables 1, 2 and B.6),
+
+    0 for misclassified images (loss >= 0) either way. ``bound_error`` of these gives the
+    "bound % error at eps" columns, their mean Table 2's "mean adversarial distance".
+    """
+    if which == "l":
+        return l_bound(frame["loss"].to_numpy(), summary["lipschitz"])
+    if which == "omega":
+        return omega_bound_distance(
+            frame["loss"].to_numpy(),
+            frame["grad_norm"].to_numpy(),
+            summary["omega"],
+            summary["eps"],
+        )
+    raise ValueError(f"which: {which!r} is not one of l, omega")

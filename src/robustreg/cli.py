@@ -1,9 +1,9 @@
 """``python -m robustreg <command>``: the commands the Snakemake rules call.
 
-Commands: data, train, certify, tcertify, attack, table, figure, index. Every command is usable
-without Snakemake. Errors in the user's input end the command with one line naming the bad
-file or key (exit status 2); a training run whose loss becomes NaN ends with status 3 and
-writes no model.
+Commands: data, train, certify, tcertify, attack, bounds, table, figure, index. Every command
+is usable without Snakemake. Errors in the user's input end the command with one line naming
+the bad file or key (exit status 2); a training run whose loss becomes NaN ends with status 3
+and writes no model.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", default=1000, type=int)
     p.add_argument("--skip", default=1, type=int, help="certify every skip-th test image")
     p.add_argument("--max-images", default=None, type=int)
+    _sample_args(p)
     p.add_argument("--seed", default=0, type=int)
     p.add_argument("--out-dir", required=True, type=Path)
     _device_args(p)
@@ -97,6 +98,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--skip", default=1, type=int, help="attack every skip-th test image")
     p.add_argument("--max-images", default=None, type=int)
+    _sample_args(p)
+    p.add_argument("--batch-size", default=100, type=int)
+    p.add_argument("--seed", default=0, type=int)
+    p.add_argument("--out-dir", required=True, type=Path)
+    _device_args(p)
+
+    p = sub.add_parser(
+        "bounds", help="robustness-bound statistics and GEV estimates (Finlay & Oberman 2.2)"
+    )
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, help="prepared test split (.npz)")
+    p.add_argument(
+        "--bounds-json",
+        required=True,
+        help='the settings as JSON, e.g. {"norm": "l2", "eps": [0.5, 1.0], "samples": 10, '
+        '"block": 10} (robustreg.bounds.resolve_bound_settings)',
+    )
+    p.add_argument("--skip", default=1, type=int, help="use every skip-th test image")
+    p.add_argument("--max-images", default=None, type=int)
+    _sample_args(p)
     p.add_argument("--batch-size", default=100, type=int)
     p.add_argument("--seed", default=0, type=int)
     p.add_argument("--out-dir", required=True, type=Path)
@@ -126,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "certify": _certify,
         "tcertify": _tcertify,
         "attack": _attack,
+        "bounds": _bounds,
         "table": _table,
         "figure": _figure,
         "index": _index,
@@ -146,6 +168,16 @@ def _device_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--threads", default=None, type=int, help="CPU threads for torch")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _sample_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sample",
+        default=None,
+        type=int,
+        help="a seeded random subset of this many of the images --skip leaves (sorted)",
+    )
+    p.add_argument("--sample-seed", default=0, type=int, help="the seed of --sample's draw")
 
 
 def _setup_device(args) -> torch.device:
@@ -341,14 +373,51 @@ def _train_process(args, config: dict, *, rank: int, device: torch.device | None
     return 0
 
 
-def _selected_images(args) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-    """The split positions that --skip and --max-images select, and those images and labels."""
-    from robustreg.data import load_test_images, split_size
+def _selected_positions(args) -> np.ndarray:
+    """The split positions --skip, --sample and --max-images select, ascending.
 
-    keep = np.arange(0, split_size(args.data), args.skip)[: args.max_images]
+    --skip keeps every skip-th image. --sample N then draws N of those without replacement,
+    as the first N of a permutation by numpy's default_rng(--sample-seed) (Finlay & Oberman
+    "attack 1000 randomly selected images", section 4). --max-images M keeps the first M:
+    of the split's order without --sample, of the draw's order with it, so that a sample
+    with --max-images is still uniformly random (the first M of N drawn), and a smaller
+    sample of one seed is part of a larger one.
+    """
+    from robustreg.data import split_size
+
+    if args.skip < 1 or (args.max_images is not None and args.max_images < 0):
+        raise ValueError("need --skip >= 1 and --max-images >= 0")
+    keep = np.arange(0, split_size(args.data), args.skip)
+    if args.sample is None:
+        return keep[: args.max_images]
+    if not 1 <= args.sample <= len(keep) or args.sample_seed < 0:
+        raise ValueError(
+            f"--sample {args.sample} --sample-seed {args.sample_seed}: need a sample of 1 to "
+            f"{len(keep)} (the images --skip {args.skip} leaves) and a seed >= 0"
+        )
+    drawn = np.random.default_rng(args.sample_seed).permutation(len(keep))[: args.sample]
+    return np.sort(keep[drawn[: args.max_images]])
+
+
+def _selected_images(args) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """The split positions that --skip, --sample and --max-images select, and those images and
+    labels."""
+    from robustreg.data import load_test_images
+
+    keep = _selected_positions(args)
     # Only the selected images: an ImageNet split decodes just those files.
     x, y = load_test_images(args.data, keep)
     return keep, x, y
+
+
+def _sample_settings(args) -> dict:
+    """What --sample selects by, for a progress log's identity: nothing without --sample (the
+    identity of such a run is as before), else the sample, its seed and --max-images, since
+    the first M drawn, sorted, are not a prefix of the first M' drawn, sorted: batches of one
+    would not be batches of the other."""
+    if args.sample is None:
+        return {}
+    return {"sample": args.sample, "sample_seed": args.sample_seed, "max_images": args.max_images}
 
 
 def _sha256(path: Path) -> str:
@@ -466,7 +535,9 @@ def _attack(args) -> int:
     # Everything an image's outcome depends on (see run_attack): records of a run that differs
     # in any of these are never mixed in. --max-images is not among them: batches are always
     # the same slices from the first selected image, so a longer run extends a shorter one.
-    identity = _identity(args, device, attack=attack.settings(), skip=args.skip, **library)
+    identity = _identity(
+        args, device, attack=attack.settings(), skip=args.skip, **library, **_sample_settings(args)
+    )
     log = _progress_log(OutcomeLog, args, identity)
     with log:
         result = run_attack(
@@ -490,11 +561,73 @@ def _attack(args) -> int:
         "data_sha256": identity["data_sha256"],
         "images": len(keep),
         "skip": args.skip,
+        "sample": args.sample,
+        "sample_seed": args.sample_seed,
         "seed": args.seed,
         "batch_size": args.batch_size,
     }
     write_text_atomic(args.out_dir / "attack.json", json.dumps(summary, indent=2, sort_keys=True))
     log.remove()
+    return 0
+
+
+def _bounds(args) -> int:
+    """The per-image statistics of Proposition 2.2 and their GEV estimates (robustreg.bounds):
+    bounds.tsv and bounds.json in --out-dir.
+
+    One pass over the images, with no progress log to resume from: at 1 + len(eps) forward
+    and backward passes and len(eps) * samples forwards per image, the job is short next to
+    an attack. Every setting and the selection are checked before the model or the images are
+    read.
+    """
+    from robustreg.bounds import (
+        bound_statistics,
+        bound_summary,
+        check_blocks,
+        resolve_bound_settings,
+        write_bounds,
+    )
+    from robustreg.train import load_model
+
+    try:
+        spec = json.loads(args.bounds_json)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--bounds-json: not valid JSON ({err})") from None
+    settings = resolve_bound_settings(spec)
+    if args.batch_size < 1:
+        raise ValueError("need --batch-size >= 1")
+    check_blocks(len(_selected_positions(args)), settings["block"])
+    device = _setup_device(args)
+    model, _ = load_model(args.model, device)
+    keep, x, y = _selected_images(args)
+    per_image = bound_statistics(
+        model,
+        x,
+        y,
+        **{key: value for key, value in settings.items() if key != "block"},
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=device,
+        progress=not args.no_progress,
+        indices=keep,
+    )
+    summary = {
+        **settings,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "skip": args.skip,
+        "max_images": args.max_images,
+        "sample": args.sample,
+        "sample_seed": args.sample_seed,
+        # the same seed orders the images into GEV blocks
+        **bound_summary(per_image, eps=settings["eps"], block=settings["block"], seed=args.seed),
+        "seconds": float(per_image["seconds"].sum()),
+        "model_sha256": _sha256(args.model),
+        "data_sha256": _sha256(args.data),
+        "device": device.type,
+        "torch": torch.__version__,
+    }
+    write_bounds(args.out_dir, per_image, summary)
     return 0
 
 

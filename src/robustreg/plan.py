@@ -10,7 +10,9 @@ Certifications are keyed the same way below their experiment.
 
 A table is a *results* table (every cell certified, once per training seed), an
 *attacks* table (every cell the robust accuracy of one model under one attack per column;
-one attack job per model and attack, so adding an attack never reruns another), or a
+one attack job per model and attack, so adding an attack never reruns another), a
+*robustness* table (Finlay & Oberman: per model, minimum-distance attack jobs per norm, a
+bounds job per norm and the training record; see ``robustreg.tables.robustness``), or a
 *settings* table (the rows' training settings, e.g. the SmoothAdv hyperparameters of the
 consistency paper's Table 1: nothing is trained to render it). Figures draw the logs of a
 results table; a paper groups its tables and figures under one target.
@@ -32,7 +34,7 @@ from robustreg.io import write_text_atomic
 from robustreg.objectives import describe, resolve_params, uses_sigma
 from robustreg.schedule import check_schedule
 from robustreg.tables import load_spec
-from robustreg.tables.spec import ATTACKS, load_figure_spec
+from robustreg.tables.spec import ATTACKS, ROBUSTNESS, load_figure_spec
 
 # Full-size splits, used to state the scale of a run in table banners.
 FULL_SIZES = {
@@ -63,10 +65,14 @@ class Cell:
     settings: dict | None = None  # settings tables only
     certifier: str = "certify"  # which log of each certification the cell reads
     attacks: dict[str, str] = field(default_factory=dict)  # column -> "<experiment>/<attack id>"
+    # robustness tables: column -> the files it reads, relative to the workflow's folder
+    files: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def logs(self) -> list[str]:
-        """The files this cell reads (certification logs or attack outcomes), relative to
-        the workflow's folder."""
+        """The files this cell reads (certification logs, attack outcomes, bounds or models),
+        relative to the workflow's folder."""
+        if self.files:
+            return list(dict.fromkeys(f for files in self.files.values() for f in files))
         if self.attacks:
             return [f"results/attacks/{job}/outcomes.tsv" for job in self.attacks.values()]
         return [f"results/certify/{cert}/{self.certifier}.tsv" for cert in self.certifications]
@@ -95,6 +101,7 @@ class Plan:
     experiments: dict[str, dict] = field(default_factory=dict)
     certifications: dict[str, dict] = field(default_factory=dict)
     attacks: dict[str, dict] = field(default_factory=dict)  # "<experiment>/<attack id>" -> job
+    bounds: dict[str, dict] = field(default_factory=dict)  # "<experiment>/<bounds id>" -> job
     tables: dict[str, TablePlan] = field(default_factory=dict)
     figures: dict[str, FigurePlan] = field(default_factory=dict)
     papers: dict[str, dict] = field(default_factory=dict)
@@ -155,6 +162,8 @@ def make_plan(config: dict) -> Plan:
             plan.tables[table_name] = _settings_table(config, plan, table_name, table)
         elif table.get("kind") == "attacks":
             plan.tables[table_name] = _attacks_table(config, plan, table_name, table)
+        elif table.get("kind") == "robustness":
+            plan.tables[table_name] = _robustness_table(config, plan, table_name, table)
         else:
             plan.tables[table_name] = _results_table(config, plan, table_name, table)
     for paper, entry in config.get("papers", {}).items():
@@ -364,6 +373,131 @@ def _attacks_table(config: dict, plan: Plan, table_name: str, table: dict) -> Ta
     return tplan
 
 
+def _robustness_table(config: dict, plan: Plan, table_name: str, table: dict) -> TablePlan:
+    """One model per row. Per norm a column reads, the row's minimum-distance attacks of that
+    norm (``suites``: one attack job each, shared with any table naming the same attack) or
+    its bounds job (``bounds``); a training-time column reads the model itself. A row may
+    replace the table's dataset, arch, schedule, evaluation, suites or bounds (ImageNet rows
+    in a CIFAR-10 table)."""
+    from robustreg.bounds import check_blocks
+    from robustreg.tables.robustness import BOUNDS, MODEL, OUTCOMES, file_kind
+
+    where = f"tables.{table_name}"
+    spec = _spec(table_name, table)
+    if spec.values_from != ROBUSTNESS:
+        raise ConfigError(
+            f"{where}.kind: robustness needs a spec whose columns are robustness metrics; "
+            f"{spec.name} reads {spec.values_from}"
+        )
+    tplan = TablePlan(table_name, spec.name, "robustness", None, group_key=spec.group.key)
+    scales: dict[str, list[tuple[dict, dict]]] = {}
+    evaluations: dict[str, dict] = {}
+    for row_key, row in table["rows"].items():
+        row_where = f"{where}.rows.{row_key}"
+        row_spec = spec.row(row_key)
+        if row_spec is None:
+            known = ", ".join(r.key for r in spec.rows if not r.cited)
+            raise ConfigError(f"{row_where}: not a row of table {spec.name} (rows: {known})")
+        if row_spec.cited:
+            raise ConfigError(f"{row_where}: the paper cites this row from {row_spec.cited}")
+        setup = {key: row.get(key, table[key]) for key in ("dataset", "arch", "schedule")}
+        exp_id = _add_experiment(
+            config, plan, setup, row, None, row.get("seed", config["seed"]), row_where
+        )
+        exp = plan.experiments[exp_id]
+        scales.setdefault(setup["dataset"], []).append(
+            (config["data"][setup["dataset"]], exp["schedule"])
+        )
+        eval_name = row.get("evaluation", table["evaluation"])
+        evaluation = _lookup(
+            config, "evaluation", eval_name, _where(row, row_where, where, "evaluation")
+        )
+        evaluations.setdefault(setup["dataset"], evaluation)
+        data_cfg = config["data"][setup["dataset"]]
+        images = _evaluated(setup["dataset"], data_cfg, evaluation)
+        if evaluation.get("sample") and evaluation["sample"] > _evaluated(
+            setup["dataset"], data_cfg, evaluation | {"sample": None, "max_images": None}
+        ):
+            raise ConfigError(
+                f"evaluation.{eval_name}.sample: {evaluation['sample']} is more than the "
+                f"{setup['dataset']} test images its skip selects"
+            )
+        groups = [g for g in spec.group.values if row_spec.in_group(g)]
+        if len(groups) != 1:
+            raise ConfigError(f"{row_where}: a robustness row has one group in the spec")
+        files: dict[str, tuple[str, ...]] = {}
+        for column in spec.columns:
+            if column.key in row_spec.not_evaluated:
+                continue
+            kind = file_kind(column.metric)
+            if kind == MODEL:
+                files[column.key] = (f"results/models/{exp_id}/model.pt",)
+                continue
+            section = "suites" if kind == OUTCOMES else "bounds"
+            by_norm = row.get(section, table.get(section, {}))
+            at = _where(row, row_where, where, section)
+            norm = column.norm or next(iter(by_norm), None)
+            if norm not in by_norm:
+                raise ConfigError(f"{at}: no {norm or 'norm'} entry for column {column.key!r}")
+            job = {"experiment": exp_id, "dataset": exp["data"]["dataset"]} | evaluation
+            if kind == BOUNDS:
+                name = by_norm[norm]
+                bound = _bound_settings(config, name, f"{at}.{norm}")
+                try:
+                    check_blocks(images, bound["block"])
+                except ValueError as err:
+                    raise ConfigError(f"bounds.{name}.{err} ({row_where})") from None
+                if bound["norm"] != norm:
+                    raise ConfigError(
+                        f"{at}.{norm}: bounds {name!r} are in {bound['norm']}, not {norm}"
+                    )
+                key = f"{exp_id}/{name}-{digest(job | {'bounds': bound})}"
+                plan.bounds[key] = job | {"bounds": bound}
+                files[column.key] = (f"results/bounds/{key}/bounds.json",)
+                continue
+            logs = []
+            for i, name in enumerate(by_norm[norm]):
+                attack = _attack(config, name, f"{at}.{norm}[{i}]")
+                if not _minimal(attack):
+                    raise ConfigError(
+                        f"{at}.{norm}[{i}]: {name!r} is not a minimum-distance attack"
+                    )
+                attack_job = job | {"attack": attack}
+                key = f"{exp_id}/{name}-{digest(attack_job)}"
+                plan.attacks[key] = attack_job
+                logs.append(f"results/attacks/{key}/outcomes.tsv")
+            files[column.key] = tuple(logs)
+        tplan.cells.append(Cell(row_key, groups[0], (exp_id,), files=files))
+    texts = {
+        name: attack_banner(config, name, runs, evaluations[name]) for name, runs in scales.items()
+    }
+    stated = {name: text for name, text in texts.items() if text}
+    if len(texts) == 1:
+        tplan.banner = next(iter(texts.values()))
+    elif stated:
+        tplan.banner = " ".join(f"{_DISPLAY[name]} rows: {text}" for name, text in stated.items())
+    tplan.banner = _with_note(tplan.banner, table, where, config)
+    return tplan
+
+
+def _minimal(attack: dict) -> bool:
+    from robustreg.attacks.suite import REGISTRY
+
+    return bool(getattr(REGISTRY[attack["kind"]], "minimal", False))
+
+
+def _bound_settings(config: dict, name: str, where: str) -> dict:
+    """The bounds job settings ``name``, every key checked now (``robustreg.bounds``)."""
+    from robustreg.bounds import resolve_bound_settings
+
+    try:
+        return resolve_bound_settings(_lookup(config, "bounds", name, where))
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(f"bounds.{name}: {err}") from None
+
+
 def _beyond_reach(beyond: dict[tuple[int, float], list[float]]) -> str:
     """The banner sentence on columns a reduced n cannot reach (see
     ``certify.max_certified_radius``): they read 0 whatever the model."""
@@ -566,6 +700,8 @@ def _evaluated(dataset: str, data_cfg: dict, evaluation: dict) -> int:
     else:
         n_test = FULL_SIZES[dataset]["test"]
     n = len(range(0, n_test, evaluation["skip"]))
+    if evaluation.get("sample"):
+        n = min(n, evaluation["sample"])
     return min(n, evaluation["max_images"]) if evaluation.get("max_images") else n
 
 
@@ -609,11 +745,21 @@ def write_cells(table: TablePlan, path: str | Path) -> None:
     def relative(log: str) -> str:
         return os.path.relpath(Path(log), path.parent)
 
+    many: dict[str, bool] = {}  # robustness columns: a list of outcome logs, or one file
+    if table.kind == "robustness":
+        from robustreg.tables.robustness import OUTCOMES, file_kind
+
+        many = {c.key: file_kind(c.metric) == OUTCOMES for c in load_spec(table.spec).columns}
     cells = []
     for cell in table.cells:
         entry: dict = {"row": cell.row, table.group_key: cell.sigma}
         if table.kind == "attacks":
             entry["outcomes"] = {column: relative(log) for column, log in _outcome_logs(cell)}
+        elif table.kind == "robustness":
+            entry["files"] = {
+                column: [relative(f) for f in files] if many[column] else relative(files[0])
+                for column, files in cell.files.items()
+            }
         elif table.kind == "settings":
             entry["settings"] = cell.settings
             if cell.experiments:

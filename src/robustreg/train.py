@@ -22,6 +22,7 @@ accuracy found"; ``early_stop``, see ``EarlyStop``).
 from __future__ import annotations
 
 import json
+import platform
 import time
 from pathlib import Path
 
@@ -138,9 +139,18 @@ def train(
     ``model.pt`` holds the weights of the best epoch and its number as ``selected_epoch``.
 
     Every step tells the objective the batch's positions in the split (``StepContext``); a
-    method that ``keeps_state`` (MMA) also gets the run's per-example state, which the
-    checkpoint holds and a resumed run restores. It needs a single process: each rank would
-    update its own copy with its share of the batches.
+    method that ``keeps_state`` (MMA, free adversarial training) also gets the run's state,
+    which the checkpoint holds and a resumed run restores. It needs a single process: each
+    rank would update its own copy with its share of the batches. An objective with
+    ``replays`` m > 1 trains m optimizer steps on each chunk, calling ``after_backward``
+    between each backward pass and its step; ``steps`` in the history counts optimizer
+    steps, and the logged values are means over them.
+
+    ``history.csv``'s ``seconds`` is an epoch's wall time from its first step to the end of
+    its early-stopping validation, if any (what the user pays for the epoch; the checkpoint
+    write after it is not counted). ``model.pt`` records their sum as ``train_seconds``, the
+    epochs done before a resume included, and the hardware as ``device`` (``device_name``,
+    of the run that finished; see ``training_record``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -228,6 +238,10 @@ def train(
 
     epochs = schedule["epochs"]
     batch_size = schedule["batch_size"]
+    # The loop needs only a callable with a batch_split; these hooks of ``Objective`` are
+    # optional, so a wrapper that lacks them (as tests use) trains one step per chunk.
+    replays = getattr(objective, "replays", 1)
+    after_backward = getattr(objective, "after_backward", None)
     amp = bool(schedule.get("amp")) and device.type == "cuda"
     where = f"({config['method']}, sigma={config['sigma']})"
     over = f", mean over {world} processes" if world > 1 else ""
@@ -251,32 +265,37 @@ def train(
         for (x, y), (chunk, weight) in zip(batches, plan, strict=True):
             if device.type == "cpu":
                 x = x.contiguous(memory_format=torch.channels_last)
-            ctx = StepContext(
-                epoch=epoch,
-                epochs=epochs,
-                indices=chunk.to(device),
-                num_examples=len(images),
-                state=state,
-            )
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss, logs = objective(net, x, y, ctx)
-            # Every rank must stop at the same step: one that raised alone would leave the
-            # others waiting for it in backward's all-reduce.
-            seen = _mean_over_ranks(loss.detach(), world)
-            if not torch.isfinite(seen):
-                raise TrainingDiverged(
-                    f"loss became {seen.item()}{over} at epoch {epoch + 1}/{epochs}, "
-                    f"step {steps + 1} {where}"
+            indices = chunk.to(device)
+            for _ in range(replays):
+                ctx = StepContext(
+                    epoch=epoch,
+                    epochs=epochs,
+                    indices=indices,
+                    num_examples=len(images),
+                    state=state,
                 )
-            optimizer.zero_grad(set_to_none=True)
-            (loss * weight if world > 1 else loss).backward()
-            if isinstance(optimizer, EntropySGD):
-                optimizer.step(_recompute(objective, net, x, y, ctx, optimizer, amp))
-            else:
-                optimizer.step()
-            steps += 1
-            for key, value in logs.items():
-                totals[key] = totals.get(key, 0.0) + value
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    loss, logs = objective(net, x, y, ctx)
+                # Every rank must stop at the same step: one that raised alone would leave
+                # the others waiting for it in backward's all-reduce.
+                seen = _mean_over_ranks(loss.detach(), world)
+                if not torch.isfinite(seen):
+                    raise TrainingDiverged(
+                        f"loss became {seen.item()}{over} at epoch {epoch + 1}/{epochs}, "
+                        f"step {steps + 1} {where}"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                (loss * weight if world > 1 else loss).backward()
+                if after_backward is not None:
+                    # before the step: Entropy-SGD's closure runs more backward passes
+                    after_backward(ctx)
+                if isinstance(optimizer, EntropySGD):
+                    optimizer.step(_recompute(objective, net, x, y, ctx, optimizer, amp))
+                else:
+                    optimizer.step()
+                steps += 1
+                for key, value in logs.items():
+                    totals[key] = totals.get(key, 0.0) + value
         # A finite loss can still leave non-finite weights or batch-norm statistics behind
         # (the last step's update); such a model could never be certified.
         bad = next((k for k, v in model.state_dict().items() if not _finite(v)), None)
@@ -289,7 +308,6 @@ def train(
         row |= _means_over_ranks(
             {key: value / max(steps, 1) for key, value in totals.items()}, device, world
         )
-        row["seconds"] = time.perf_counter() - started
         if early_stop is not None:
             row["val_acc"], row["val_robust_acc"] = early_stop.evaluate(
                 model, val_x, val_y, batch_size, device
@@ -303,6 +321,7 @@ def train(
                     },
                 }
             row["selected_epoch"] = best["epoch"]
+        row["seconds"] = time.perf_counter() - started
         history.append(row)
         scheduler.step()
         rng = {
@@ -353,6 +372,8 @@ def train(
                 "config": config_json,
                 "state_dict": {k: v.cpu() for k, v in weights.items()},
                 **({"selected_epoch": best["epoch"]} if best is not None else {}),
+                "train_seconds": float(sum(row["seconds"] for row in history)),
+                "device": device_name(device, world),
             },
             model_path,
         )
@@ -440,10 +461,69 @@ def _finite(tensor: torch.Tensor) -> bool:
     return not tensor.is_floating_point() or bool(torch.isfinite(tensor).all())
 
 
+def device_name(device: torch.device, world: int = 1) -> str:
+    """The hardware of a run in words, for a "training time" column: the GPU's name; for the
+    CPU, ``cpu`` with the processor's model name (Linux's /proc/cpuinfo, else ``platform``)
+    and torch's thread count; ``"<P> x <name>"`` for P processes."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    elif device.type == "cpu":
+        threads = torch.get_num_threads()
+        name = f"cpu ({_processor()}, {threads} thread{'s' if threads != 1 else ''})"
+    else:
+        name = str(device)
+    return f"{world} x {name}" if world > 1 else name
+
+
+def _processor() -> str:
+    """The CPU's model name; ``platform.processor()`` is often empty or just "x86_64" on Linux."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown processor"
+
+
+def training_record(path: str | Path) -> dict:
+    """What a trained model's ``model.pt`` says of its training: ``train_seconds`` (float,
+    the sum of the history's per-epoch ``seconds``), ``device`` (str, ``device_name``) and
+    ``epochs`` (int, the schedule's). One-line ValueError for a file that is no model or
+    was written before training time was recorded.
+
+    Memory-maps the file, so the weights are not read.
+    """
+    ckpt = _read_model_file(path, mmap=True)
+    missing = next((k for k in ("train_seconds", "device") if k not in ckpt), None)
+    if missing is not None:
+        raise ValueError(f"{path}: no {missing} (written before training time was recorded)")
+    return {
+        "train_seconds": float(ckpt["train_seconds"]),
+        "device": str(ckpt["device"]),
+        "epochs": int(json.loads(ckpt["config"])["schedule"]["epochs"]),
+    }
+
+
 def load_model(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]:
     """A trained model in eval mode and its experiment config; a clear error for anything else."""
+    ckpt = _read_model_file(path)
+    model = create_model(ckpt["arch"], ckpt["num_classes"])
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not fit architecture {ckpt['arch']!r}") from err
+    if not all(_finite(v) for v in ckpt["state_dict"].values()):
+        raise ValueError(f"{path}: checkpoint holds non-finite weights")
+    return model.to(device).eval(), json.loads(ckpt["config"])
+
+
+def _read_model_file(path: str | Path, mmap: bool = False) -> dict:
+    """The dict of a ``model.pt`` (CPU tensors); a one-line ValueError for anything else."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise ValueError(f"{path}: model file does not exist") from None
     except Exception as err:  # torch raises many types for corrupt or foreign pickles
@@ -453,11 +533,4 @@ def load_model(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]
         raise ValueError(
             f"{path}: not a robustreg model checkpoint (expected format {MODEL_FORMAT})"
         )
-    model = create_model(ckpt["arch"], ckpt["num_classes"])
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit architecture {ckpt['arch']!r}") from err
-    if not all(_finite(v) for v in ckpt["state_dict"].values()):
-        raise ValueError(f"{path}: checkpoint holds non-finite weights")
-    return model.to(device).eval(), json.loads(ckpt["config"])
+    return ckpt

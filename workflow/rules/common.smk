@@ -26,14 +26,29 @@ def attack_job(wildcards):
     return PLAN.attacks[f"{wildcards.exp}/{wildcards.attack}"]
 
 
+def bounds_job(wildcards):
+    return PLAN.bounds[f"{wildcards.exp}/{wildcards.bounds}"]
+
+
+def evaluation_args(job):
+    """The test images an attack or bounds job evaluates (an ``evaluation`` entry)."""
+    args = ["--skip", job["skip"], "--batch-size", job["batch_size"], "--seed", job["seed"]]
+    if job["max_images"]:
+        args += ["--max-images", job["max_images"]]
+    if job.get("sample"):
+        args += ["--sample", job["sample"], "--sample-seed", job.get("sample_seed", 0)]
+    return [str(a) for a in args]
+
+
 def attack_args(wildcards):
     job = attack_job(wildcards)
     # one argument, quoted by the rule: the attack's settings as JSON
-    args = ["--attack-json", json.dumps(job["attack"], sort_keys=True)]
-    args += ["--skip", job["skip"], "--batch-size", job["batch_size"], "--seed", job["seed"]]
-    if job["max_images"]:
-        args += ["--max-images", job["max_images"]]
-    return [str(a) for a in args]
+    return ["--attack-json", json.dumps(job["attack"], sort_keys=True), *evaluation_args(job)]
+
+
+def bounds_args(wildcards):
+    job = bounds_job(wildcards)
+    return ["--bounds-json", json.dumps(job["bounds"], sort_keys=True), *evaluation_args(job)]
 
 
 def cell_logs(table):

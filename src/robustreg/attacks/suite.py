@@ -3,18 +3,38 @@
 Tables 1-6 of the ATENT paper (Jagatap et al., section 4 and appendix A) report robust accuracy
 under PGD, Carlini-Wagner (l2 and linf), DeepFool and ATENT attacks, run with Foolbox and the
 Adversarial Robustness Toolbox (section 4, "Attacks"); AutoAttack (Croce & Hein 2020) is
-added as the reference evaluation. An attack is a frozen dataclass whose fields are its
-settings, built from a dict such as ``{"kind": "pgd", "norm": "l2", "eps": 2.0, "steps": 40,
-"step_size": 0.25, "restarts": 10}`` by ``build_attack``.
+added as the reference evaluation. Finlay & Oberman's tables (section 4) report per-image
+minimum adversarial distances from a suite of minimum-distance ("minimal") attacks:
+Carlini-Wagner, Boundary, LogBarrier and PGD (``pgd_min``, ``cw_l2_min``, ``boundary_min``,
+``logbarrier``; ``robustreg.attacks.min_distance``). An attack is a frozen dataclass whose
+fields are its settings, built from a dict such as ``{"kind": "pgd", "norm": "l2", "eps": 2.0,
+"steps": 40, "step_size": 0.25, "restarts": 10}`` by ``build_attack``.
 
-Every attack but ``none`` has a threat model, ``norm`` (l2 or linf) and ``eps``, in [0, 1]
-pixel units. ``Attack.perturb`` returns one point per image, in [0, 1] and within the threat
-model up to ``threat_tolerance``; minimum-norm attacks (CW, DeepFool) are cut to the threat
-model as Foolbox's ``epsilons=`` does (the perturbation is scaled or clipped into the eps ball,
-and the image counts as broken only if that point fools the model) and return the clean image
-where that point does not fool the model. The runner checks each point again and keeps the
-clean image in place of any point outside the threat model, so a broken image is always
-broken by a point inside it.
+Every attack but ``none`` and the minimal ones has a threat model, ``norm`` (l2 or linf) and
+``eps``, in [0, 1] pixel units. ``Attack.perturb`` returns one point per image, in [0, 1] and
+within the threat model up to ``threat_tolerance``; minimum-norm attacks (CW, DeepFool) are
+cut to the threat model as Foolbox's ``epsilons=`` does (the perturbation is scaled or clipped
+into the eps ball, and the image counts as broken only if that point fools the model) and
+return the clean image where that point does not fool the model. The runner checks each point
+again and keeps the clean image in place of any point outside the threat model, so a broken
+image is always broken by a point inside it.
+
+Minimal attacks (``Attack.minimal``) have a ``norm`` and a ``top_k`` (default 1) but no eps:
+their threat model is (norm, inf), so the runner checks only that a point lies in [0, 1].
+``perturb`` returns, per image, the closest adversarial point the attack found (closest in its
+``norm``), or the clean image where it found none. "Correct" and "robust" are top-k (Finlay &
+Oberman's ImageNet rows are top-5, footnote 1): an image is attacked if its label is among the
+``top_k`` largest clean logits, and is robust if its label is also among the ``top_k`` largest
+logits at the point kept (every other kind has top_k = 1: the prediction). An outcome row of a
+minimal attack means:
+
+* robust 0, l2 = linf = 0: the clean image is misclassified (top-k), not attacked;
+* robust 0, distance > 0: broken at that point; l2 and linf are both its distances, so an l2
+  attack's point also bounds the image's linf distance, and vice versa;
+* robust 1: no adversarial point found (the runner keeps the clean image, l2 = linf = 0, even
+  where the attack's point fails the runner's own check).
+
+The ``clean`` and ``adversarial`` columns stay argmax predictions whatever top_k.
 
 ``run_attack`` evaluates a model on a test split one batch at a time, and each image's outcome
 is recorded (``OUTCOME_COLUMNS``), so a killed job resumes (``OutcomeLog``) and tables compute
@@ -42,6 +62,14 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from robustreg.attacks.atent import atent_attack
+from robustreg.attacks.logbarrier import _Settings as LogBarrierSettings
+from robustreg.attacks.logbarrier import logbarrier
+from robustreg.attacks.min_distance import (
+    MADRY_STEP_RATIO,
+    TopKMisclassification,
+    in_top_k,
+    pgd_min_distance,
+)
 from robustreg.attacks.pgd import NORMS, pgd, project
 from robustreg.io import ResumableLog, image_ids, write_text_atomic
 
@@ -107,11 +135,19 @@ def _one_of(*choices: str) -> _Need:
     return _Need(lambda v: isinstance(v, str) and v in choices, f"one of {', '.join(choices)}")
 
 
+_INT = _Need(_is_int, "an integer")
+_INT_0 = _Need(lambda v: _is_int(v) and v >= 0, "an integer >= 0")
 _INT_1 = _Need(lambda v: _is_int(v) and v >= 1, "an integer >= 1")
 _INT_2 = _Need(lambda v: _is_int(v) and v >= 2, "an integer >= 2")
 _OPTIONAL_INT_1 = _Need(lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1")
+_NUMBER = _Need(_is_number, "a number", float)
 _NUMBER_0 = _Need(lambda v: _is_number(v) and v >= 0, "a number >= 0", float)
 _NUMBER_POSITIVE = _Need(lambda v: _is_number(v) and v > 0, "a number > 0", float)
+_OPTIONAL_POSITIVE = _Need(
+    lambda v: v is None or (_is_number(v) and v > 0),
+    "null or a number > 0",
+    lambda v: None if v is None else float(v),
+)
 _BOOL = _Need(lambda v: isinstance(v, bool), "true or false")
 _NORM = _one_of(*NORMS)
 _AUTOATTACK_LIST = _Need(
@@ -133,19 +169,29 @@ class Attack:
     """Base class: subclasses add their settings as dataclass fields (``norm`` and ``eps``
     among them, for every kind with a threat model).
 
-    ``perturb`` gets correctly classified images [B, ...] in [0, 1] on the model's device, the
-    model in eval mode with its parameters frozen (``attack_mode``), and torch's global RNG
-    seeded by the runner; it returns one point per image, in [0, 1] and within the threat model.
-    ``distribution`` names the installed package whose code runs the attack.
+    ``perturb`` gets correctly classified (top ``top_k``) images [B, ...] in [0, 1] on the
+    model's device, the model in eval mode with its parameters frozen (``attack_mode``), and
+    torch's global RNG seeded by the runner; it returns one point per image, in [0, 1] and
+    within the threat model.
+    ``distribution`` names the installed package whose code runs the attack; ``minimal`` is
+    True for minimum-distance attacks (``_Minimal``).
     """
 
     kind: ClassVar[str] = ""
     distribution: ClassVar[str] = "robustreg"
+    minimal: ClassVar[bool] = False
 
     @property
     def threat(self) -> tuple[str, float] | None:
         """(norm, eps), or None for an attack that perturbs nothing."""
         return None
+
+    @property
+    def top_k(self) -> int:
+        """Images count as correct and robust with the label among the top ``top_k`` logits:
+        1 (the prediction) but for minimal attacks, where it is a setting. Not a setting here,
+        so the other kinds' settings (and ``attack.json``) do not name it."""
+        return 1
 
     def check(self, where: str) -> None:
         """One-line ValueErrors for settings that are each valid but do not go together."""
@@ -178,6 +224,22 @@ class _Threat(Attack):
     @property
     def threat(self) -> tuple[str, float]:
         return self.norm, self.eps
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Minimal(Attack):
+    """A minimum-distance attack (Finlay & Oberman, section 4): per image the closest point
+    it finds, in ``norm``, whose label is outside the model's top ``top_k`` (footnote 1:
+    top-5 on ImageNet), or the clean image where it finds none. No eps: the threat model is
+    (norm, inf), only the [0, 1] box is checked."""
+
+    minimal: ClassVar[bool] = True
+    norm: str = _setting(need=_NORM)
+    top_k: int = _setting(1, need=_INT_1)
+
+    @property
+    def threat(self) -> tuple[str, float]:
+        return self.norm, math.inf
 
 
 REGISTRY: dict[str, type[Attack]] = {}
@@ -308,33 +370,42 @@ def _fooling(x: Tensor, points: Tensor, fooled: Tensor) -> Tensor:
     return torch.where(fooled.view(-1, *([1] * (x.dim() - 1))), points, x)
 
 
-@register
 @dataclass(frozen=True, kw_only=True)
-class CarliniWagnerL2(_Threat):
-    """Foolbox's ``L2CarliniWagnerAttack`` (Carlini & Wagner 2017), a minimum-norm attack cut
-    to the eps ball (``epsilons=eps``). Defaults are Foolbox 3.3.4's: 9 binary search steps of
-    10000 Adam steps of size 0.01, confidence 0, initial constant 0.001 (and its
-    ``abort_early``)."""
+class _CarliniWagnerSettings:
+    """The settings of Foolbox's ``L2CarliniWagnerAttack`` (Carlini & Wagner 2017), shared by
+    ``cw_l2`` and ``cw_l2_min``. Defaults are Foolbox 3.3.4's: 9 binary search steps of 10000
+    Adam steps of size 0.01, confidence 0, initial constant 0.001 (and its ``abort_early``)."""
 
-    kind: ClassVar[str] = "cw_l2"
-    distribution: ClassVar[str] = "foolbox"
-    norm: str = _setting("l2", need=_only("l2"))
     binary_search_steps: int = _setting(9, need=_INT_1)
     steps: int = _setting(10000, need=_INT_1)
     stepsize: float = _setting(0.01, need=_NUMBER_POSITIVE)
     confidence: float = _setting(0.0, need=_NUMBER_0)
     initial_const: float = _setting(0.001, need=_NUMBER_POSITIVE)
 
-    def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    def _foolbox_attack(self):
         from foolbox.attacks import L2CarliniWagnerAttack
 
-        attack = L2CarliniWagnerAttack(
+        return L2CarliniWagnerAttack(
             binary_search_steps=self.binary_search_steps,
             steps=self.steps,
             stepsize=self.stepsize,
             confidence=self.confidence,
             initial_const=self.initial_const,
         )
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class CarliniWagnerL2(_CarliniWagnerSettings, _Threat):
+    """Foolbox's ``L2CarliniWagnerAttack``, a minimum-norm attack cut to the eps ball
+    (``epsilons=eps``), with ``_CarliniWagnerSettings``."""
+
+    kind: ClassVar[str] = "cw_l2"
+    distribution: ClassVar[str] = "foolbox"
+    norm: str = _setting("l2", need=_only("l2"))
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        attack = self._foolbox_attack()
         _, clipped, success = attack(_foolbox_model(model, x), x, y, epsilons=self.eps)
         return _fooling(x, clipped, success)
 
@@ -499,6 +570,178 @@ class ATENT(_Threat):
         )
 
 
+# --- minimum-distance attacks (Finlay & Oberman, section 4) -------------------------------------
+# The paper states no attack settings; the defaults below are ours, each justified.
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class PGDMin(_Minimal):
+    """PGD as a minimum-distance attack (``min_distance.pgd_min_distance``): PGD on the
+    modified Carlini-Wagner loss (section 2.2, top-k by footnote 1) at ``eps_max``, then
+    ``search_steps`` bisection steps per image over eps in [0, eps_max].
+
+    ``eps_max`` has no default: the range worth searching depends on the data and the norm
+    (Table 1 reads linf errors at 2/255 and 8/255; Table 2's mean l2 distances run from 0.12
+    to 1.75). It bounds the distances found: an image PGD does not break at eps_max counts as
+    not found, so for a mean distance eps_max must exceed nearly every image's. The bisection
+    resolves distances to eps_max / 2^search_steps (default 10 steps: 0.1% of eps_max).
+    ``steps`` 20 per radius with step size ``step_ratio * eps``, ``step_ratio`` default (null)
+    Madry et al.'s 2.5 / steps, so the steps can cross the ball; one restart, random start."""
+
+    kind: ClassVar[str] = "pgd_min"
+    eps_max: float = _setting(need=_NUMBER_POSITIVE)
+    search_steps: int = _setting(10, need=_INT_0)
+    steps: int = _setting(20, need=_INT_1)
+    step_ratio: float | None = _setting(None, need=_OPTIONAL_POSITIVE)
+    restarts: int = _setting(1, need=_INT_1)
+
+    def __post_init__(self) -> None:
+        if self.step_ratio is None:  # recorded as the number it stands for
+            object.__setattr__(self, "step_ratio", MADRY_STEP_RATIO / self.steps)
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        points, _ = pgd_min_distance(
+            model,
+            x,
+            y,
+            norm=self.norm,
+            eps_max=self.eps_max,
+            search_steps=self.search_steps,
+            steps=self.steps,
+            step_ratio=self.step_ratio,
+            restarts=self.restarts,
+            top_k=self.top_k,
+        )
+        return points
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class CarliniWagnerL2Min(_CarliniWagnerSettings, _Minimal):
+    """Foolbox's ``L2CarliniWagnerAttack`` uncut (``epsilons=None``): per image the closest
+    adversarial point of its search, with ``cw_l2``'s settings and defaults
+    (``_CarliniWagnerSettings``). Foolbox's CW knows only top-1 misclassification (it needs
+    its own ``Misclassification`` criterion), so top_k must be 1."""
+
+    kind: ClassVar[str] = "cw_l2_min"
+    distribution: ClassVar[str] = "foolbox"
+    norm: str = _setting("l2", need=_only("l2"))
+
+    def check(self, where: str) -> None:
+        if self.top_k != 1:
+            raise ValueError(
+                f"{where}.top_k: Foolbox's Carlini-Wagner attack is top-1 only, got {self.top_k}"
+            )
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        # where it finds nothing Foolbox returns zeros, which success marks as not adversarial
+        found, _, success = self._foolbox_attack()(_foolbox_model(model, x), x, y, epsilons=None)
+        return _fooling(x, found, success)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class BoundaryMin(_Minimal):
+    """Foolbox's ``BoundaryAttack`` (Brendel et al. 2018), the suite's gradient-free l2 attack,
+    with ``min_distance.TopKMisclassification`` as its criterion.
+
+    It starts from Foolbox's own fallback, ``LinearSearchBlendedUniformNoiseAttack(steps=50)``
+    (up to 1000 uniform noise images, then the closest adversarial blend with the clean image),
+    which draws from torch's global RNG, seeded by the runner; an image with no adversarial
+    start counts as not found. Foolbox draws one Gaussian direction per step for the whole
+    batch, so an image's result depends on its batch (and so on the batch size).
+    ``steps`` default 5000 where Foolbox's is 25000: each step costs one batched forward pass
+    (two every 10th), and 5000 keeps the attack's cost of the order of the others'; the step
+    settings are Foolbox's defaults (spherical and source steps 0.01, adapted by a factor
+    1.5)."""
+
+    kind: ClassVar[str] = "boundary_min"
+    distribution: ClassVar[str] = "foolbox"
+    norm: str = _setting("l2", need=_only("l2"))
+    steps: int = _setting(5000, need=_INT_1)
+    spherical_step: float = _setting(0.01, need=_NUMBER_POSITIVE)
+    source_step: float = _setting(0.01, need=_NUMBER_POSITIVE)
+    step_adaptation: float = _setting(
+        1.5, need=_Need(lambda v: _is_number(v) and v > 1, "a number > 1", float)
+    )
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        import warnings
+
+        from foolbox.attacks import BoundaryAttack, LinearSearchBlendedUniformNoiseAttack
+
+        fmodel = _foolbox_model(model, x)
+        with warnings.catch_warnings():
+            # it warns when some image gets no start; those count as not found below
+            warnings.simplefilter("ignore")
+            starts = LinearSearchBlendedUniformNoiseAttack(steps=50).run(
+                fmodel, x, TopKMisclassification(y, self.top_k)
+            )
+        # BoundaryAttack raises unless every start is adversarial, checked on the very batch
+        # it gets: drop the others until that batch checks out
+        idx = torch.arange(x.shape[0], device=x.device)
+        while idx.numel():
+            with torch.no_grad():
+                ok = ~in_top_k(model(starts[idx]), y[idx], self.top_k)
+            if bool(ok.all()):
+                break
+            idx = idx[ok]
+        points = x.clone()
+        if idx.numel():
+            attack = BoundaryAttack(
+                steps=self.steps,
+                spherical_step=self.spherical_step,
+                source_step=self.source_step,
+                step_adaptation=self.step_adaptation,
+            )
+            found, _, success = attack(
+                fmodel,
+                x[idx],
+                TopKMisclassification(y[idx], self.top_k),
+                epsilons=None,
+                starting_points=starts[idx],
+            )
+            points[idx] = _fooling(x[idx], found, success)
+        return points
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class LogBarrierAttack(_Minimal):
+    """Our LogBarrier attack (Finlay, Pooladian & Oberman 2019; ``attacks.logbarrier``), the
+    suite's non-local attack, in l2 or linf, top-k. Its settings and their defaults are the
+    authors' (cfinlay/logbarrier, the same for both norms): step ``dt`` 0.01, barrier weight
+    ``alpha`` 0.1 shrunk by ``beta`` 0.75 over ``max_outer`` 15 rounds of at most ``max_inner``
+    500 steps (stopped at a step below ``tol`` 1e-6), backtracking ``gamma`` 0.5, linf smooth
+    max temperature ``T`` 500, Gaussian start ``init_scale`` 0.01 grown by ``init_growth``
+    1.01 over up to ``init_tries`` 1000 draws (torch's global RNG, seeded by the runner).
+    Ranges are checked by ``attacks.logbarrier``'s own settings."""
+
+    kind: ClassVar[str] = "logbarrier"
+    dt: float = _setting(0.01, need=_NUMBER)
+    alpha: float = _setting(0.1, need=_NUMBER)
+    beta: float = _setting(0.75, need=_NUMBER)
+    gamma: float = _setting(0.5, need=_NUMBER)
+    max_outer: int = _setting(15, need=_INT)
+    max_inner: int = _setting(500, need=_INT)
+    tol: float = _setting(1e-6, need=_NUMBER)
+    T: float = _setting(500.0, need=_NUMBER)
+    init_scale: float = _setting(0.01, need=_NUMBER)
+    init_growth: float = _setting(1.01, need=_NUMBER)
+    init_tries: int = _setting(1000, need=_INT)
+
+    def check(self, where: str) -> None:
+        try:
+            LogBarrierSettings(**dataclasses.asdict(self))
+        except ValueError as err:  # "key: must be ...", about one of our fields
+            raise ValueError(f"{where}.{err}") from None
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        points, _ = logbarrier(model, x, y, **dataclasses.asdict(self))
+        return points
+
+
 # --- the runner ---------------------------------------------------------------------------------
 
 
@@ -554,8 +797,16 @@ def _attack_batch(
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Outcomes of one batch on the model's device, and the points kept."""
     with torch.no_grad():
-        clean = model(x).argmax(1)
-    correct = clean == y
+        logits = model(x)
+    classes = logits.shape[1]
+    if attack.top_k >= classes:
+        raise ValueError(
+            f"attack {attack.kind}.top_k: must be below the model's {classes} classes, "
+            f"got {attack.top_k}"
+        )
+    clean = logits.argmax(1)
+    correct = in_top_k(logits, y, attack.top_k)
+    robust = correct
     kept = x.clone()
     adversarial = clean.clone()
     if attack.threat is not None and bool(correct.any()):
@@ -571,12 +822,18 @@ def _attack_batch(
             points[~inside] = x[correct][~inside]
         kept[correct] = points
         with torch.no_grad():
-            adversarial = torch.where(correct, model(kept).argmax(1), clean)
+            logits = model(kept)
+        adversarial = torch.where(correct, logits.argmax(1), clean)
+        robust = correct & in_top_k(logits, y, attack.top_k)
+        if attack.minimal:
+            # a minimal attack's row is a distance only where the point is adversarial
+            kept[robust] = x[robust]
+            adversarial = torch.where(robust, clean, adversarial)
     diff = (kept.double() - x.double()).flatten(1)
     outcome = {
         "clean": clean,
         "adversarial": adversarial,
-        "robust": (correct & (adversarial == y)).long(),
+        "robust": robust.long(),
         "l2": diff.norm(dim=1),
         "linf": diff.abs().amax(1),
     }
@@ -621,10 +878,12 @@ def run_attack(
     as they are known.
 
     Returns numpy arrays, one row per image: idx, label, clean (clean prediction), adversarial
-    (prediction at the kept point, = clean where nothing was attacked), robust (1 if both are
+    (prediction at the kept point, = clean where nothing was attacked), robust (1 if the label
+    is among the ``attack.top_k`` largest logits at both; for top_k = 1 both predictions are
     the label), l2 and linf (norms of kept point - x, float64), seconds (the batch's wall time
-    shared evenly). ``return_points`` adds ``points`` [N, C, H, W] float32, the kept points
-    (only without ``done``).
+    shared evenly). A minimal attack's rows read as the module docstring says.
+    ``return_points`` adds ``points`` [N, C, H, W] float32, the kept points (only without
+    ``done``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

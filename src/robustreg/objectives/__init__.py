@@ -4,6 +4,7 @@ from robustreg.objectives import (  # noqa: F401  (each module registers its met
     adre,
     atent,
     consistency,
+    free_at,
     gaussian,
     gradient_norm,
     macer,

@@ -25,10 +25,16 @@ class StepContext:
     ``indices`` [B] (int64, on the batch's device) are the batch's positions in the training
     split of ``num_examples`` images: positions in the whole split, so images held out for
     early stopping keep theirs and never appear. ``state`` is given to a method that
-    ``keeps_state`` only: a dict the loop keeps for the whole run and saves in its
-    checkpoint (not in the model), in which the method keeps tensors over the split's
-    examples, indexed by those positions (MMA: each example's last margin); it adds its
-    entries on first use. Called outside the loop (``state`` None) a method runs without them.
+    ``keeps_state`` only: a dict of tensors the loop keeps for the whole run and saves in its
+    checkpoint (not in the model), so a resumed run goes on from the same state. The method
+    adds its entries on first use and decides their layout: tensors over the split's
+    examples indexed by those positions (MMA: each example's last margin), or tensors that
+    belong to no example (free adversarial training: one batch-shaped perturbation carried
+    from batch to batch). Called outside the loop (``state`` None) a method runs without them.
+
+    ``scratch`` lives for one optimizer step only: what a method's call hands to its
+    ``after_backward`` on the same step (the loop makes a new context for every step and
+    never saves it).
     """
 
     epoch: int
@@ -36,6 +42,7 @@ class StepContext:
     indices: torch.Tensor | None = None
     num_examples: int | None = None
     state: dict[str, torch.Tensor] | None = None
+    scratch: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.state is not None and (self.indices is None or self.num_examples is None):
@@ -53,19 +60,32 @@ class Objective:
     equal chunks and take one optimizer step per chunk, as the SmoothAdv and
     consistency authors do (Salman et al.'s and Jeong & Shin's ``_chunk_minibatch``),
     so an m-noise method costs one batch's worth of forward passes per step.
+
+    ``replays`` tells the loop to take that many optimizer steps on each chunk, calling the
+    method afresh for each (free adversarial training's minibatch replay). After every
+    step's backward pass, before the optimizer steps, the loop calls ``after_backward``: the
+    gradients of that step's loss are in place, so a method can use the same backward pass
+    for tensors of its own (their ``.grad``), at no extra cost.
     """
 
     name: ClassVar[str] = ""
     # Fixed traits a settings table prints beside the hyperparameters (SmoothAdv's attack).
     traits: ClassVar[dict[str, str]] = {}
     uses_sigma: ClassVar[bool] = True
-    # Whether the method keeps per-example tensors across steps in ``StepContext.state``.
+    # Whether the method keeps tensors across steps in ``StepContext.state``.
     keeps_state: ClassVar[bool] = False
     sigma: float | None
 
     @property
     def batch_split(self) -> int:
         return 1
+
+    @property
+    def replays(self) -> int:
+        return 1
+
+    def after_backward(self, ctx: StepContext) -> None:
+        """Called by the loop after each step's backward pass, before the optimizer steps."""
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext
@@ -121,7 +141,7 @@ def uses_sigma(method: str) -> bool:
 
 
 def keeps_state(method: str) -> bool:
-    """Whether ``method`` keeps per-example state across steps (``StepContext.state``)."""
+    """Whether ``method`` keeps state across steps (``StepContext.state``)."""
     return _lookup(method).keeps_state
 
 

@@ -51,8 +51,10 @@ import yaml
 
 from robustreg.certify import average_certified_radius, certified_accuracy, read_certify_log
 from robustreg.io import write_text_atomic
+from robustreg.tables.robustness import Reader
 from robustreg.tables.spec import (
     ATTACKS,
+    ROBUSTNESS,
     RULES,
     ColumnSpec,
     RowSpec,
@@ -86,6 +88,8 @@ class Cell:
     settings: dict[str, Any] = field(default_factory=dict)  # settings tables
     experiment: str | None = None  # settings tables: the model these settings train
     outcomes: dict[str, Path] = field(default_factory=dict)  # attack tables: column -> file
+    # robustness tables: column -> the files its metric reads (robustreg.tables.robustness)
+    files: dict[str, tuple[Path, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,9 @@ def load_cells(
         raise fail(f"banner: expected a non-empty string, got {banner!r}")
 
     gkey = spec.group.key
-    source = {"settings": "settings", ATTACKS: "outcomes"}.get(spec.values_from, "log")
+    source = {"settings": "settings", ATTACKS: "outcomes", ROBUSTNESS: "files"}.get(
+        spec.values_from, "log"
+    )
     entries = raw.get("cells")
     if not isinstance(entries, list):
         raise fail(f"cells: expected a list of {{row, {gkey}, {source}}} mappings")
@@ -193,6 +199,23 @@ def load_cells(
                     outcomes={k: _resolve(t, path.parent) for k, t in outcomes.items()},
                 )
             )
+        elif spec.values_from == ROBUSTNESS:
+            files = _file_texts(
+                entry["files"], row_spec, spec, lambda m, w=where: fail(f"{w}: files: {m}")
+            )
+            texts = tuple(t for column in files.values() for t in column)
+            cells.append(
+                Cell(
+                    row=row,
+                    group=group,
+                    logs=tuple(_resolve(t, path.parent) for t in texts),
+                    log_texts=texts,
+                    files={
+                        k: tuple(_resolve(t, path.parent) for t in column)
+                        for k, column in files.items()
+                    },
+                )
+            )
         else:
             texts = _log_texts(entry["log"], spec, lambda m, w=where: fail(f"{w}: log: {m}"))
             logs = tuple(_resolve(t, path.parent) for t in texts)
@@ -235,6 +258,35 @@ def _outcome_texts(
     return {str(k): v for k, v in value.items()}
 
 
+def _file_texts(
+    value: Any, row: RowSpec, spec: TableSpec, fail: Callable[[str], ValueError]
+) -> dict[str, tuple[str, ...]]:
+    """A robustness cell's files: column -> its outcome logs (a list), its bounds.json or its
+    model.pt (one path)."""
+    from robustreg.tables.robustness import OUTCOMES, file_kind
+
+    if not isinstance(value, dict) or not value:
+        raise fail("expected a mapping column -> file(s)")
+    out = {}
+    for key, given in value.items():
+        column = spec.column(str(key))
+        if column is None:
+            known = ", ".join(c.key for c in spec.columns)
+            raise fail(f"unknown column {key!r} (columns: {known})")
+        if key in row.not_evaluated:
+            raise fail(f"column {key!r} is not evaluated for row {row.key!r}, as in the paper")
+        several = file_kind(column.metric) == OUTCOMES
+        texts = given if several and isinstance(given, list) else [given]
+        if not texts or (not several and isinstance(given, list)):
+            want = "a non-empty list of outcome logs" if several else "one path"
+            raise fail(f"{key}: expected {want}, got {given!r}")
+        for text in texts:
+            if not isinstance(text, str) or not text.strip():
+                raise fail(f"{key}: expected a path, got {text!r}")
+        out[str(key)] = tuple(texts)
+    return out
+
+
 def _resolve(text: str, folder: Path) -> Path:
     log = Path(text).expanduser()
     return log if log.is_absolute() else folder / log
@@ -274,12 +326,17 @@ def _metric_certified_accuracy(
 METRIC_FUNCS: dict[str, Callable[[np.ndarray, np.ndarray, ColumnSpec], float]] = {
     "acr": _metric_acr,
     "certified_accuracy": _metric_certified_accuracy,
+    "certified_error": lambda radius, correct, column: (
+        1.0 - _metric_certified_accuracy(radius, correct, column)
+    ),
 }
 
 
 def _read_logs(cells: CellsFile) -> dict[Path, pd.DataFrame]:
     """Every log the cells file lists, each read once (a ValueError names a bad file)."""
     read = read_certify_log
+    if cells.spec.values_from == ROBUSTNESS:
+        return {}  # read per column by robustness.Reader
     if cells.spec.values_from == ATTACKS:
         from robustreg.attacks.suite import read_outcomes as read
     logs: dict[Path, pd.DataFrame] = {}
@@ -290,7 +347,7 @@ def _read_logs(cells: CellsFile) -> dict[Path, pd.DataFrame]:
     return logs
 
 
-def _our_values(cells: CellsFile) -> pd.DataFrame:
+def _our_values(cells: CellsFile, reader: Reader) -> pd.DataFrame:
     """One record per (cell, column): our value as printed (percent where asked), and for
     several logs (seeds) their mean and sample standard deviation."""
     spec = cells.spec
@@ -301,6 +358,15 @@ def _our_values(cells: CellsFile) -> pd.DataFrame:
             values = [[cell.settings[c.param] for c in spec.columns]]
         elif spec.values_from == ATTACKS:
             values = [_outcome_values(cell, logs, spec)]
+        elif spec.values_from == ROBUSTNESS:
+            values = [
+                [
+                    math.nan
+                    if c.key not in cell.files
+                    else reader.value(c, cell.files[c.key]) * (100.0 if c.percent else 1.0)
+                    for c in spec.columns
+                ]
+            ]
         else:
             values = [_log_values(logs[path], path, spec) for path in cell.logs]
         for j, column in enumerate(spec.columns):
@@ -415,7 +481,7 @@ RULE_FUNCS: dict[str, Callable[[pd.DataFrame, TableSpec, RuleSpec], pd.Series]] 
 # ------------------------------------------------------------------------------ the frame
 
 
-def build_frame(cells: CellsFile) -> pd.DataFrame:
+def build_frame(cells: CellsFile, reader: Reader | None = None) -> pd.DataFrame:
     """Long frame in spec order, one record per column for each (group, row) the row
     exists in: row, group, column, ours, paper, ours_std, paper_std, bold, underline.
 
@@ -423,7 +489,8 @@ def build_frame(cells: CellsFile) -> pd.DataFrame:
     nothing. ``ours_std`` (two or more logs) and ``paper_std`` are NaN outside aggregate
     columns. In a settings table ``ours`` and ``paper`` hold numbers and strings, and a
     paper value with ``paper_divide_by`` is converted (printed / divisor). Highlights are
-    computed on our values only."""
+    computed on our values only. ``reader`` keeps the files of a robustness table read (one
+    is made if not given)."""
     spec = cells.spec
     records = []
     for group in spec.group.values:
@@ -445,7 +512,7 @@ def build_frame(cells: CellsFile) -> pd.DataFrame:
                     }
                 )
     frame = pd.DataFrame.from_records(records).merge(
-        _our_values(cells), on=["row", "group", "column"], how="left"
+        _our_values(cells, reader or Reader()), on=["row", "group", "column"], how="left"
     )
     # a settings table's values mix strings and numbers
     numeric = ["ours_std", "paper_std"] + ([] if spec.settings else ["ours", "paper"])
@@ -625,6 +692,10 @@ def sources(cells: CellsFile, rows: tuple[str, ...] | None = None) -> list[dict[
                 if c.experiment
                 else [f"{key}: {text}" for key, text in zip(c.outcomes, c.log_texts, strict=True)]
                 if c.outcomes
+                else [
+                    f"{key}: {', '.join(str(p) for p in paths)}" for key, paths in c.files.items()
+                ]
+                if c.files
                 else list(c.log_texts)
             ),
         }
@@ -807,7 +878,7 @@ def _grid(spec: TableSpec, frame: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _context(cells: CellsFile, frame: pd.DataFrame) -> dict[str, Any]:
+def _context(cells: CellsFile, frame: pd.DataFrame, reader: Reader) -> dict[str, Any]:
     spec = cells.spec
     rules = [
         {
@@ -833,6 +904,7 @@ def _context(cells: CellsFile, frame: pd.DataFrame) -> dict[str, Any]:
         for row in spec.rows
         if row.cited
     ]
+    measured = reader.notes(spec, cells.cells) if spec.values_from == ROBUSTNESS else []
     banner = cells.banner
     if spec.settings:
         default_banner = (
@@ -843,6 +915,12 @@ def _context(cells: CellsFile, frame: pd.DataFrame) -> dict[str, Any]:
         default_banner = (
             f"Our rows come from the attack outcome files listed in {cells.path.name}; "
             "their scale (training and attack settings) is not stated."
+        )
+    elif spec.values_from == ROBUSTNESS:
+        default_banner = (
+            f"Our rows come from the attack outcome, bounds and model files listed in "
+            f"{cells.path.name}; their scale (training, attack and bound settings) is not "
+            "stated."
         )
     else:
         default_banner = (
@@ -857,7 +935,7 @@ def _context(cells: CellsFile, frame: pd.DataFrame) -> dict[str, Any]:
         "source": spec.source,
         "group": spec.group,
         **grid,
-        "notes": divided + grid["notes"] + cited,
+        "notes": divided + grid["notes"] + cited + measured,
         "rules": rules,
         "banner": banner,
         "default_banner": None if banner else default_banner,
@@ -865,6 +943,7 @@ def _context(cells: CellsFile, frame: pd.DataFrame) -> dict[str, Any]:
         "origin": {
             "settings": "the training settings",
             ATTACKS: "these attack outcome files",
+            ROBUSTNESS: "these attack outcome, bounds and model files",
         }.get(spec.values_from, "these certification logs"),
         "not_applicable": any(
             c["kind"] == "empty" for lines in grid["blocks"] for line in lines for c in line
@@ -890,8 +969,9 @@ def render_table(
 
     Returns the long frame of our and the paper's values (see ``build_frame``)."""
     cells = load_cells(cells_path, spec_dir)
-    frame = build_frame(cells)
-    context = _context(cells, frame)
+    reader = Reader()
+    frame = build_frame(cells, reader)
+    context = _context(cells, frame, reader)
     md = environment("md").get_template("table.md.j2").render(**context)
     tex = environment("tex").get_template("table.tex.j2").render(**context)
     write_text_atomic(Path(md_path), md)

@@ -34,8 +34,10 @@ Table schema (``<name>.yaml``)::
       show: true                       #   optional; false prints no group column (only with
                                        #   exactly one value; not with groups_as_columns)
     columns:                           # ordered metric columns: all 'setting' (a settings
-                                       #   table), all 'robust_accuracy' (an attack table) or
-                                       #   all certification metrics (acr, certified_accuracy)
+                                       #   table), all 'robust_accuracy' (an attack table), all
+                                       #   robustness metrics (a robustness table) or all
+                                       #   certification metrics (acr, certified_accuracy,
+                                       #   certified_error = 1 - certified_accuracy)
       - key: acr                       #   unique within the spec
         label: ACR                     #   header text
         metric: acr                    #   one of METRICS
@@ -57,6 +59,21 @@ Table schema (``<name>.yaml``)::
         #   metric robust_accuracy: the fraction of attacked test images still classified
         #   correctly, from the attack outcome file the cells file gives for this column (a
         #   benign-accuracy column is one whose attack is 'none'). No aggregate.
+      # - {key: emp2, label: "ε = 2/255", metric: empirical_error, norm: linf, eps: 0.00784}
+        #   robustness metrics (Finlay & Oberman's tables; robustreg.tables.robustness), each
+        #   a fraction or a number from the files the cells file gives for the column:
+        #     clean_error: misclassified test images (top-k of the attacks), from the
+        #       minimum-distance attack outcome files
+        #     empirical_error (norm, eps): images whose smallest adversarial distance in
+        #       ``norm`` over those files is <= eps (misclassified images at distance 0)
+        #     empirical_distance (norm): the mean of that per-image distance
+        #     bound_error (norm, bound, eps): images whose distance certified by the bound
+        #       (l: L-bound, omega: omega-bound of Proposition 2.2) is < eps, from a bounds job
+        #     bound_distance (norm, bound): the mean certified distance
+        #     gradient_norm (norm, statistic): mean or max over images of the loss gradient's
+        #       dual norm; modulus (norm, eps): the GEV estimate of omega(eps)
+        #     training_hours: wall time of the model's training job, from model.pt
+        #   No aggregate.
     highlight:                         # style -> named rule (see RULES), or
       bold: improves_baseline          #   {rule: <name>, columns: [<column key>, ...]}
       underline: best_acr_per_group
@@ -133,12 +150,43 @@ SETTING = "setting"
 METRICS: dict[str, tuple[str, ...]] = {
     "acr": (),
     "certified_accuracy": ("radius",),
+    "certified_error": ("radius",),
     SETTING: ("param",),
     "robust_accuracy": (),
+    # robustness tables (Finlay & Oberman): see robustreg.tables.robustness
+    "clean_error": (),
+    "empirical_error": ("norm", "eps"),
+    "empirical_distance": ("norm",),
+    "bound_error": ("norm", "bound", "eps"),
+    "bound_distance": ("norm", "bound"),
+    "gradient_norm": ("norm", "statistic"),
+    "modulus": ("norm", "eps"),
+    "training_hours": (),
 }
 # where a table's numbers come from, by the metric of its columns (one source per table)
 ATTACKS = "attacks"
-SOURCES = {SETTING: "settings", "robust_accuracy": ATTACKS}
+ROBUSTNESS = "robustness"
+SOURCES = {
+    SETTING: "settings",
+    "robust_accuracy": ATTACKS,
+    **dict.fromkeys(
+        (
+            "clean_error",
+            "empirical_error",
+            "empirical_distance",
+            "bound_error",
+            "bound_distance",
+            "gradient_norm",
+            "modulus",
+            "training_hours",
+        ),
+        ROBUSTNESS,
+    ),
+}
+# robustness columns: the values a column parameter may take
+NORMS = ("l2", "linf")
+BOUNDS = ("l", "omega")
+STATISTICS = ("mean", "max")
 CERTIFY = "certify"  # every other metric: certification logs
 
 # rule name -> footnote text ({group} is the group label, {along} "column" or, in the
@@ -188,6 +236,10 @@ _COLUMN_KEYS = {
     "aggregate",
     "param",
     "paper_divide_by",
+    "norm",
+    "eps",
+    "bound",
+    "statistic",
 }
 _NOT_FOR_SETTINGS = ("percent", "better", "aggregate")
 _ROW_KEYS = {"key", "label", "groups", "baseline", "paper", "not_evaluated", "cited"}
@@ -240,6 +292,10 @@ class ColumnSpec:
     aggregate: str | None = None
     param: str | None = None
     paper_divide_by: float | None = None
+    norm: str | None = None  # robustness columns: l2 or linf
+    eps: float | None = None  # robustness columns: the distance a rate or omega is read at
+    bound: str | None = None  # bound columns: l (L-bound) or omega (omega-bound)
+    statistic: str | None = None  # gradient_norm columns: mean or max over images
 
 
 @dataclass(frozen=True)
@@ -296,7 +352,8 @@ class TableSpec:
 
     @property
     def values_from(self) -> str:
-        """Where the table's numbers come from: settings, attacks or certify (its logs)."""
+        """Where the table's numbers come from: settings, attacks, robustness or certify (its
+        logs)."""
         return SOURCES.get(self.columns[0].metric, CERTIFY)
 
     @property
@@ -611,7 +668,8 @@ def _parse_columns(c: _Checker, obj: Any) -> tuple[ColumnSpec, ...]:
             raise c.fail(
                 f"{where}.metric",
                 f"{metric!r} cannot share a table with {out[0].metric!r} (columns are all "
-                f"{SETTING!r}, all 'robust_accuracy', or all certification metrics)",
+                f"{SETTING!r}, all 'robust_accuracy', all robustness metrics, or all "
+                "certification metrics)",
             )
         for param in METRICS[metric]:
             if param not in col:
@@ -643,12 +701,26 @@ def _parse_columns(c: _Checker, obj: Any) -> tuple[ColumnSpec, ...]:
         if better not in ("higher", "lower"):
             raise c.fail(f"{where}.better", f"expected 'higher' or 'lower', got {better!r}")
         aggregate = col.get("aggregate")
-        if aggregate is not None and source == ATTACKS:
-            raise c.fail(f"{where}.aggregate", "does not apply to metric 'robust_accuracy'")
+        if aggregate is not None and source in (ATTACKS, ROBUSTNESS):
+            raise c.fail(f"{where}.aggregate", f"does not apply to metric {metric!r}")
         if aggregate is not None and aggregate not in AGGREGATES:
             raise c.fail(
                 f"{where}.aggregate",
                 f"unknown aggregate {aggregate!r} (known: {', '.join(AGGREGATES)})",
+            )
+        norm = col.get("norm")
+        if norm is not None and norm not in NORMS:
+            raise c.fail(f"{where}.norm", f"expected one of {', '.join(NORMS)}, got {norm!r}")
+        eps = c.number(col["eps"], f"{where}.eps") if "eps" in col else None
+        if eps is not None and eps < 0:
+            raise c.fail(f"{where}.eps", f"expected a number >= 0, got {eps!r}")
+        bound = col.get("bound")
+        if bound is not None and bound not in BOUNDS:
+            raise c.fail(f"{where}.bound", f"expected one of {', '.join(BOUNDS)}, got {bound!r}")
+        statistic = col.get("statistic")
+        if statistic is not None and statistic not in STATISTICS:
+            raise c.fail(
+                f"{where}.statistic", f"expected one of {', '.join(STATISTICS)}, got {statistic!r}"
             )
         out.append(
             ColumnSpec(
@@ -662,6 +734,10 @@ def _parse_columns(c: _Checker, obj: Any) -> tuple[ColumnSpec, ...]:
                 aggregate=aggregate,
                 param=param,
                 paper_divide_by=divide_by,
+                norm=norm,
+                eps=eps,
+                bound=bound,
+                statistic=statistic,
             )
         )
     return tuple(out)

@@ -1,0 +1,212 @@
+"""The values of robustness tables: Finlay & Oberman (2021), Tables 1, 2, B.3, B.4 and B.6.
+
+A robustness cell reads, per column, the files its metric needs (the cells file's ``files``):
+
+- ``clean_error``, ``empirical_error`` and ``empirical_distance``: the outcome logs of the
+  row's minimum-distance attacks (``robustreg.attacks.suite``, minimal kinds). Section 4: "We
+  report our results using the best adversarial distance on a per image basis, in each norm":
+  an image's distance is the smallest, over the logs, of the ``norm`` size of the adversarial
+  point each attack kept. Any attack's point counts in either norm (an l2 attack's point
+  bounds the linf distance too). Misclassified images have distance 0; an image no attack
+  broke has none (infinite): it is never an error, and the mean distance leaves it out (the
+  table's notes say how many).
+- ``bound_error``, ``bound_distance``, ``gradient_norm`` and ``modulus``: the ``bounds.json`` of
+  a bounds job (``robustreg.bounds``): per-image loss gap and gradient dual norm, L and
+  omega(eps) estimated by GEV fits (Proposition 2.2).
+- ``training_hours``: the ``model.pt`` of the row's training, which records the wall time of
+  its training job and the device it ran on (``robustreg.train.training_record``).
+
+Every value is a fraction (printed as percent where the spec asks) or a number; a column
+without files is missing (NaN).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from robustreg.tables.spec import ColumnSpec, TableSpec
+
+OUTCOMES, BOUNDS, MODEL = "outcomes", "bounds", "model"
+_FILE_KIND = {
+    "clean_error": OUTCOMES,
+    "empirical_error": OUTCOMES,
+    "empirical_distance": OUTCOMES,
+    "bound_error": BOUNDS,
+    "bound_distance": BOUNDS,
+    "gradient_norm": BOUNDS,
+    "modulus": BOUNDS,
+    "training_hours": MODEL,
+}
+
+
+def file_kind(metric: str) -> str:
+    """What a robustness metric reads: outcome logs, a bounds job's summary or a model."""
+    return _FILE_KIND[metric]
+
+
+def smallest_distances(logs: Sequence[pd.DataFrame], norm: str) -> np.ndarray:
+    """Per-image smallest adversarial distance in ``norm`` over minimum-distance attack logs
+    of one model on the same images (``read_outcomes`` frames): 0 for a misclassified image,
+    inf where no log holds an adversarial point.
+
+    Raises a ValueError if the logs cover different images, or disagree on which images are
+    misclassified (they would come from different models, images or top-k).
+    """
+    if not logs:
+        raise ValueError("no outcome logs")
+    first = logs[0]
+    misclassified = _misclassified(first)
+    best = np.full(len(first), np.inf)
+    for log in logs:
+        if not np.array_equal(log["idx"].to_numpy(), first["idx"].to_numpy()):
+            raise ValueError("outcome logs of one cell cover different images")
+        if not np.array_equal(_misclassified(log), misclassified):
+            raise ValueError("outcome logs of one cell disagree on which images are misclassified")
+        broken = log["robust"].to_numpy() == 0
+        best = np.where(broken, np.minimum(best, log[norm].to_numpy(dtype=np.float64)), best)
+    return np.where(misclassified, 0.0, best)
+
+
+def _misclassified(log: pd.DataFrame) -> np.ndarray:
+    # a minimal attack keeps the clean image (l2 = linf = 0) where the clean image is wrong
+    return (
+        (log["robust"].to_numpy() == 0)
+        & (log["l2"].to_numpy() == 0)
+        & (log["linf"].to_numpy() == 0)
+    )
+
+
+def clean_error(logs: Sequence[pd.DataFrame]) -> float:
+    return float(np.mean(smallest_distances(logs, "l2") == 0))
+
+
+def empirical_error(distance: np.ndarray, eps: float) -> float:
+    """Fraction of images an attack broke within ``eps`` (misclassified ones included)."""
+    return float(np.mean(distance <= eps))
+
+
+def empirical_distance(distance: np.ndarray) -> float:
+    """Mean smallest adversarial distance over the images some attack broke."""
+    found = distance[np.isfinite(distance)]
+    return float(found.mean()) if found.size else math.nan
+
+
+class Reader:
+    """Reads each file once for a whole table and computes the cells' values."""
+
+    def __init__(self) -> None:
+        self._outcomes: dict[Path, pd.DataFrame] = {}
+        self._bounds: dict[Path, tuple[pd.DataFrame, dict]] = {}
+        self._models: dict[Path, dict] = {}
+
+    def outcomes(self, path: Path) -> pd.DataFrame:
+        if path not in self._outcomes:
+            from robustreg.attacks.suite import read_outcomes
+
+            self._outcomes[path] = read_outcomes(path)
+        return self._outcomes[path]
+
+    def bounds(self, path: Path) -> tuple[pd.DataFrame, dict]:
+        if path not in self._bounds:
+            from robustreg.bounds import read_bounds
+
+            self._bounds[path] = read_bounds(path.parent)
+        return self._bounds[path]
+
+    def model(self, path: Path) -> dict:
+        if path not in self._models:
+            from robustreg.train import training_record
+
+            try:
+                self._models[path] = training_record(path)
+            except (OSError, KeyError, RuntimeError) as err:
+                raise ValueError(
+                    f"{path}: not a trained model with a training record ({err})"
+                ) from None
+        return self._models[path]
+
+    def value(self, column: ColumnSpec, paths: Sequence[Path]) -> float:
+        """The column's value from its files (not yet scaled to percent)."""
+        kind = file_kind(column.metric)
+        try:
+            if kind == OUTCOMES:
+                return self._outcome_value(column, [self.outcomes(p) for p in paths])
+            if kind == BOUNDS:
+                (path,) = paths
+                return self._bound_value(column, *self.bounds(path))
+            (path,) = paths
+            return self.model(path)["train_seconds"] / 3600.0
+        except ValueError as err:
+            raise ValueError(f"{', '.join(map(str, paths))}: {column.metric}: {err}") from None
+
+    @staticmethod
+    def _outcome_value(column: ColumnSpec, logs: list[pd.DataFrame]) -> float:
+        if column.metric == "clean_error":
+            return clean_error(logs)
+        distance = smallest_distances(logs, column.norm)
+        if column.metric == "empirical_error":
+            return empirical_error(distance, column.eps)
+        return empirical_distance(distance)
+
+    @staticmethod
+    def _bound_value(column: ColumnSpec, frame: pd.DataFrame, summary: dict) -> float:
+        from robustreg.bounds import bound_distances, bound_error
+
+        if summary["norm"] != column.norm:
+            raise ValueError(f"the bounds are in {summary['norm']}, the column in {column.norm}")
+        if column.metric == "gradient_norm":
+            return float(summary[f"grad_norm_{column.statistic}"])
+        if column.metric == "modulus":
+            return float(summary["omega"][_grid_position(summary, column.eps)])
+        if column.bound == "omega" and column.metric == "bound_error":
+            _grid_position(summary, column.eps)
+        distance = bound_distances(frame, summary, column.bound)
+        if column.metric == "bound_error":
+            return float(bound_error(distance, column.eps)[0])
+        return float(np.mean(distance))
+
+    def notes(self, spec: TableSpec, cells) -> list[str]:
+        """What a reader needs to know about our values: the devices training times were
+        measured on, and the rows whose mean empirical distance leaves out unbroken images."""
+        notes = []
+        devices = sorted(
+            {
+                self.model(paths[0])["device"]
+                for cell in cells
+                for key, paths in cell.files.items()
+                if spec.column(key).metric == "training_hours"
+            }
+        )
+        if devices:
+            notes.append(
+                "Training time: wall time of our training job (all its epochs, including "
+                f"validation), measured on {'; '.join(devices)}."
+            )
+        for cell in cells:
+            for key, paths in cell.files.items():
+                column = spec.column(key)
+                if column.metric != "empirical_distance":
+                    continue
+                distance = smallest_distances([self.outcomes(p) for p in paths], column.norm)
+                left = int(np.sum(~np.isfinite(distance)))
+                if left:
+                    label = spec.row(cell.row).labels[cell.group]
+                    notes.append(
+                        f"{label}, {column.label}: no attack broke {left} of {distance.size} "
+                        "images; the mean leaves them out."
+                    )
+        return notes
+
+
+def _grid_position(summary: dict, eps: float) -> int:
+    """Where ``eps`` is on the bounds job's grid: omega is estimated only there."""
+    grid = np.asarray(summary["eps"], dtype=np.float64)
+    hits = np.flatnonzero(np.isclose(grid, eps, rtol=1e-9, atol=1e-12))
+    if not hits.size:
+        raise ValueError(f"eps {eps:g} is not on the bounds job's grid ({list(grid)})")
+    return int(hits[0])
