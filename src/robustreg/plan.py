@@ -281,11 +281,7 @@ def _results_table(config: dict, plan: Plan, table_name: str, table: dict) -> Ta
                 and sigma not in beyond.get((n, alpha), [])
             ):
                 beyond.setdefault((n, alpha), []).append(sigma)
-    stated = {name: text for name, text in scales.items() if text}
-    if len(scales) == 1:
-        tplan.banner = next(iter(scales.values()))
-    elif stated:
-        tplan.banner = " ".join(f"{_DISPLAY[name]} rows: {text}" for name, text in stated.items())
+    tplan.banner = _per_dataset(scales)
     if tplan.banner and seeds is not None:
         tplan.banner += f" Training seeds: {', '.join(map(str, seeds))}."
     if tplan.banner and beyond:
@@ -316,16 +312,7 @@ def _attacks_table(config: dict, plan: Plan, table_name: str, table: dict) -> Ta
     scales: dict[str, list[tuple[dict, dict]]] = {}  # dataset -> its rows' (data, schedule)
     for row_key, row in table["rows"].items():
         row_where = f"{where}.rows.{row_key}"
-        row_spec = spec.row(row_key)
-        if row_spec is None:
-            known = ", ".join(r.key for r in spec.rows if not r.cited)
-            raise ConfigError(f"{row_where}: not a row of table {spec.name} (rows: {known})")
-        if row_spec.cited:
-            raise ConfigError(f"{row_where}: the paper cites this row from {row_spec.cited}")
-        setup = {key: row.get(key, table[key]) for key in ("dataset", "arch", "schedule")}
-        exp_id = _add_experiment(
-            config, plan, setup, row, None, row.get("seed", config["seed"]), row_where
-        )
+        row_spec, setup, exp_id = _model_row(config, plan, table, spec, row_key, row, row_where)
         exp = plan.experiments[exp_id]
         data_cfg = config["data"][setup["dataset"]]
         scales.setdefault(setup["dataset"], []).append((data_cfg, exp["schedule"]))
@@ -364,12 +351,7 @@ def _attacks_table(config: dict, plan: Plan, table_name: str, table: dict) -> Ta
                     )
         tplan.cells.append(Cell(row_key, group, (exp_id,), attacks=jobs))
     texts = {name: attack_banner(config, name, runs, evaluation) for name, runs in scales.items()}
-    stated = {name: text for name, text in texts.items() if text}
-    if len(texts) == 1:
-        tplan.banner = next(iter(texts.values()))
-    elif stated:
-        tplan.banner = " ".join(f"{_DISPLAY[name]} rows: {text}" for name, text in stated.items())
-    tplan.banner = _with_note(tplan.banner, table, where, config)
+    tplan.banner = _with_note(_per_dataset(texts), table, where, config)
     return tplan
 
 
@@ -394,16 +376,7 @@ def _robustness_table(config: dict, plan: Plan, table_name: str, table: dict) ->
     evaluations: dict[str, dict] = {}
     for row_key, row in table["rows"].items():
         row_where = f"{where}.rows.{row_key}"
-        row_spec = spec.row(row_key)
-        if row_spec is None:
-            known = ", ".join(r.key for r in spec.rows if not r.cited)
-            raise ConfigError(f"{row_where}: not a row of table {spec.name} (rows: {known})")
-        if row_spec.cited:
-            raise ConfigError(f"{row_where}: the paper cites this row from {row_spec.cited}")
-        setup = {key: row.get(key, table[key]) for key in ("dataset", "arch", "schedule")}
-        exp_id = _add_experiment(
-            config, plan, setup, row, None, row.get("seed", config["seed"]), row_where
-        )
+        row_spec, setup, exp_id = _model_row(config, plan, table, spec, row_key, row, row_where)
         exp = plan.experiments[exp_id]
         scales.setdefault(setup["dataset"], []).append(
             (config["data"][setup["dataset"]], exp["schedule"])
@@ -471,13 +444,34 @@ def _robustness_table(config: dict, plan: Plan, table_name: str, table: dict) ->
     texts = {
         name: attack_banner(config, name, runs, evaluations[name]) for name, runs in scales.items()
     }
+    tplan.banner = _with_note(_per_dataset(texts), table, where, config)
+    return tplan
+
+
+def _model_row(config, plan, table, spec, row_key, row, row_where):
+    """An attacks or robustness table's row: its spec row (not cited), its setup (the row's
+    dataset, arch and schedule, else the table's) and its one model, trained without noise."""
+    row_spec = spec.row(row_key)
+    if row_spec is None:
+        known = ", ".join(r.key for r in spec.rows if not r.cited)
+        raise ConfigError(f"{row_where}: not a row of table {spec.name} (rows: {known})")
+    if row_spec.cited:
+        raise ConfigError(f"{row_where}: the paper cites this row from {row_spec.cited}")
+    setup = {key: row.get(key, table[key]) for key in ("dataset", "arch", "schedule")}
+    exp_id = _add_experiment(
+        config, plan, setup, row, None, row.get("seed", config["seed"]), row_where
+    )
+    return row_spec, setup, exp_id
+
+
+def _per_dataset(texts: dict[str, str | None]) -> str | None:
+    """One banner from each dataset's: the only one, or each stated one named by its dataset."""
     stated = {name: text for name, text in texts.items() if text}
     if len(texts) == 1:
-        tplan.banner = next(iter(texts.values()))
-    elif stated:
-        tplan.banner = " ".join(f"{_DISPLAY[name]} rows: {text}" for name, text in stated.items())
-    tplan.banner = _with_note(tplan.banner, table, where, config)
-    return tplan
+        return next(iter(texts.values()))
+    if stated:
+        return " ".join(f"{_DISPLAY[name]} rows: {text}" for name, text in stated.items())
+    return None
 
 
 def _minimal(attack: dict) -> bool:
