@@ -302,6 +302,23 @@ def test_imagenet_resnet50_standardizes_first_and_is_torchvisions_resnet50():
     )
 
 
+def test_imagenet_resnet50_bn0_starts_every_block_as_the_identity_with_a_small_classifier():
+    torch.manual_seed(0)
+    model = create_model("imagenet_resnet50_bn0", 1000)
+    assert isinstance(model[0], Normalize)
+    blocks = [block for stage in (1, 2, 3, 4) for block in getattr(model[1], f"layer{stage}")]
+    assert len(blocks) == 16
+    assert all(torch.equal(b.bn3.weight.data, torch.zeros_like(b.bn3.weight)) for b in blocks)
+    fc = model[1].get_classifier().weight.data
+    assert abs(fc.std().item() - 0.01) < 5e-4 and abs(fc.mean().item()) < 5e-4  # 2M draws
+    # the same architecture otherwise: torchvision's weights load and give its outputs
+    reference = torchvision.models.resnet50(num_classes=1000).eval()
+    model[1].load_state_dict(reference.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), reference(model[0](x)))
+
+
 def test_cli_refuses_a_missing_root_in_one_line(tmp_path):
     missing = tmp_path / "missing"
     command = ["data", "--dataset", "imagenet", "--source", "folder"]

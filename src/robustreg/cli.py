@@ -123,13 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", required=True, type=Path)
     _device_args(p)
 
-    p = sub.add_parser("table", help="render a paper table from certify logs")
+    p = sub.add_parser("table", help="render a paper table from its cells file")
     p.add_argument("--cells", required=True, type=Path, help="YAML mapping table cells to logs")
     p.add_argument("--md", required=True, type=Path)
     p.add_argument("--tex", required=True, type=Path)
     p.add_argument("--html", default=None, type=Path, help="also an HTML page (for reports)")
 
-    p = sub.add_parser("figure", help="draw a paper figure from a table's certify logs")
+    p = sub.add_parser("figure", help="draw a paper figure from its table's certify or attack logs")
     p.add_argument("--spec", required=True, help="figure spec name (robustreg/tables/specs)")
     p.add_argument("--cells", required=True, type=Path, help="cells file of the figure's table")
     for suffix in ("md", "tex", "pdf", "png"):

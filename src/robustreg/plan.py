@@ -15,7 +15,8 @@ one attack job per model and attack, so adding an attack never reruns another), 
 bounds job per norm and the training record; see ``robustreg.tables.robustness``), or a
 *settings* table (the rows' training settings, e.g. the SmoothAdv hyperparameters of the
 consistency paper's Table 1: nothing is trained to render it). Figures draw the logs of a
-results table; a paper groups its tables and figures under one target.
+results table (certified accuracy) or a robustness table (error against distance); a paper
+groups its tables and figures under one target.
 """
 
 from __future__ import annotations
@@ -442,7 +443,8 @@ def _robustness_table(config: dict, plan: Plan, table_name: str, table: dict) ->
             files[column.key] = tuple(logs)
         tplan.cells.append(Cell(row_key, groups[0], (exp_id,), files=files))
     texts = {
-        name: attack_banner(config, name, runs, evaluations[name]) for name, runs in scales.items()
+        name: attack_banner(config, name, runs, evaluations[name], verb="evaluated")
+        for name, runs in scales.items()
     }
     tplan.banner = _with_note(_per_dataset(texts), table, where, config)
     return tplan
@@ -568,9 +570,11 @@ def _figure(config: dict, plan: Plan, name: str, where: str) -> FigurePlan:
         raise ConfigError(
             f"{where}: {name!r} is neither a table of this config nor a figure: {err}"
         ) from None
-    if spec.table not in plan.tables or plan.tables[spec.table].kind != "results":
+    # a certify figure draws a results table's logs; a robustness figure a robustness table's
+    kind = "robustness" if spec.draws == ROBUSTNESS else "results"
+    if spec.table not in plan.tables or plan.tables[spec.table].kind != kind:
         raise ConfigError(
-            f"{where}: figure {name!r} draws table {spec.table!r}, which is not a results table "
+            f"{where}: figure {name!r} draws table {spec.table!r}, which is not a {kind} table "
             "of this config"
         )
     return FigurePlan(name, spec.table)
@@ -668,9 +672,12 @@ def banner(config, dataset, data_cfg, schedule, cert_cfg) -> str | None:
     )
 
 
-def attack_banner(config, dataset, runs: list[tuple[dict, dict]], evaluation) -> str | None:
-    """``banner`` for the rows of an attacks table on ``dataset``: ``runs`` holds each
-    row's (data config, schedule); their schedules may differ (the paper's do)."""
+def attack_banner(
+    config, dataset, runs: list[tuple[dict, dict]], evaluation, verb: str = "attacked"
+) -> str | None:
+    """``banner`` for the rows of an attacks or robustness table on ``dataset``: ``runs``
+    holds each row's (data config, schedule); their schedules may differ (the paper's do).
+    ``verb`` says what the table did to its test images (a robustness table also bounds)."""
     data_cfg = runs[0][0]
     n_eval = _evaluated(dataset, data_cfg, evaluation)
     epochs = sorted({schedule["epochs"] for _, schedule in runs})
@@ -680,7 +687,7 @@ def attack_banner(config, dataset, runs: list[tuple[dict, dict]], evaluation) ->
         dataset,
         data_cfg,
         f"{span} epoch{'s' if epochs[-1] != 1 else ''}",
-        f"attacked {n_eval:,} test images",
+        f"{verb} {n_eval:,} test images",
         cut=bool(evaluation.get("max_images")),
     )
 

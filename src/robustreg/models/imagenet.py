@@ -1,4 +1,5 @@
-"""ResNet-50 for ImageNet (He et al. 2016), Feng et al.'s (AAAI 2020) Table 1 network.
+"""ResNet-50 for ImageNet (He et al. 2016): Feng et al.'s (AAAI 2020) Table 1 network, and
+Finlay & Oberman's, initialized as they trained it.
 
 Cohen et al. (2019) and Salman et al. (2019) train torchvision's ``resnet50`` behind a
 layer that standardizes each channel with ImageNet's statistics; Feng et al. use "a
@@ -11,12 +12,21 @@ bottleneck blocks with the stride in the 3x3 convolution, 1x1-convolution shortc
 the same parameter names and shapes (25.6M parameters), so torchvision's weights load into
 it unchanged and give the same outputs (tests/test_imagenet_data.py checks this). timm
 zero-initializes the last batch norm of every block by default; torchvision, and with it
-Cohen et al. and Salman et al., does not, so that is switched off here.
+Cohen et al. and Salman et al., does not, so that is switched off in ``imagenet_resnet50``.
+
+``imagenet_resnet50_bn0`` is the same network initialized as Finlay & Oberman trained theirs:
+their DAWNBench-derived trainer runs with ``--init-bn0`` (cfinlay/tulip,
+``imagenet/example.sh``), which zeroes the scale of every bottleneck's last batch norm (Goyal
+et al. 2017, timm's ``zero_init_last``) and draws the classifier's weights from N(0, 0.01^2)
+(``imagenet/resnet.py``, ``init_dist_weights``). At initialization each block is then the
+identity, so the logits and the input gradient start small; the squared input-gradient
+penalty of a default-initialized ResNet-50 starts orders of magnitude larger.
 """
 
 from __future__ import annotations
 
 import timm
+import torch
 from timm.models import register_model
 from torch import nn
 
@@ -36,4 +46,18 @@ def imagenet_resnet50(
     if pretrained:
         raise ValueError("imagenet_resnet50 has no pretrained weights here")
     backbone = timm.create_model("resnet50", num_classes=num_classes, zero_init_last=False)
+    return nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), backbone)
+
+
+@register_model
+def imagenet_resnet50_bn0(
+    pretrained: bool = False, num_classes: int = 1000, **_timm_options
+) -> nn.Sequential:
+    """``imagenet_resnet50`` with Finlay & Oberman's ``--init-bn0`` initialization: zero scale
+    in each block's last batch norm, classifier weights from N(0, 0.01^2)."""
+    if pretrained:
+        raise ValueError("imagenet_resnet50_bn0 has no pretrained weights here")
+    backbone = timm.create_model("resnet50", num_classes=num_classes, zero_init_last=True)
+    with torch.no_grad():
+        backbone.get_classifier().weight.normal_(0.0, 0.01)
     return nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), backbone)

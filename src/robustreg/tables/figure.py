@@ -1,14 +1,24 @@
-"""Figures: our certified-accuracy curves, against the paper's published points if any.
+"""Figures: our curves, against the paper's published points if any.
 
 A figure spec (``specs/<name>.yaml`` with ``kind: figure``; schema in ``spec.py``) names
 a table spec. That table's cells file supplies our logs; the table supplies the rows,
-their labels, the group values and the paper's certified accuracies. Without ``panels``
-each group value gets a panel with one colour per row; with ``panels`` each listed panel
-draws its rows at every group value, one colour per group value, and names each line
-"<row label>, <group label> = <value>" (the row label without the label columns that all
-the panel's lines share, which the panel title names). Each line is our certified
-accuracy on a radius grid as a step line in the row's line style; the paper's published
-values, where the table has them, are hollow markers of the same colour.
+their labels, the group values and the paper's values. It draws one of two kinds of curve:
+
+- certified accuracy against ℓ2 radius, from a results table's certification logs.
+  Without ``panels`` each group value gets a panel with one colour per row; with ``panels``
+  each listed panel draws its rows at every group value, one colour per group value, and
+  names each line "<row label>, <group label> = <value>" (the row label without the label
+  columns that all the panel's lines share, which the panel title names). Each line is our
+  certified accuracy on a radius grid as a step line.
+- % error against adversarial distance (Finlay & Oberman, Figures 1 and B.2), from a
+  robustness table's minimum-distance attack logs. Each panel has a norm and draws its
+  rows, one colour per row in every panel: the fraction of images whose smallest
+  adversarial distance in that norm (over the logs of the row's columns in that norm, as
+  the table reads them) is at most eps, drawn exactly (``error_curve``).
+
+Lines are drawn in the row's line style; the paper's published values (certified
+accuracies; empirical errors at the table's eps), where the table has them, are hollow
+markers of the same colour.
 """
 
 from __future__ import annotations
@@ -24,8 +34,16 @@ import pandas as pd
 
 from robustreg.certify import certified_accuracy, read_certify_log
 from robustreg.io import atomic_path, write_text_atomic
-from robustreg.tables.render import CellsFile, environment, load_cells, sources
-from robustreg.tables.spec import LINE_STYLES, FigureSpec, TableSpec, load_figure_spec
+from robustreg.tables.render import Cell, CellsFile, environment, load_cells, sources
+from robustreg.tables.robustness import Reader, empirical_error, smallest_distances
+from robustreg.tables.spec import (
+    DISTANCE_METRICS,
+    LINE_STYLES,
+    ROBUSTNESS,
+    FigureSpec,
+    TableSpec,
+    load_figure_spec,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -33,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = [
     "curve_grid",
     "draw_figure",
+    "error_curve",
     "figure_curves",
     "load_figure_spec",
     "paper_points",
@@ -54,6 +73,15 @@ class _Line:
 class _Panel:
     title: str
     lines: tuple[_Line, ...]  # legend order
+    norm: str | None = None  # robustness figures: the distance of the x axis
+    eps_max: float | None = None  # robustness figures: where the x axis ends
+
+
+# x-axis labels of robustness panels (matplotlib mathtext)
+_DISTANCE_LABELS = {
+    "l2": r"$\ell_2$ distance $\varepsilon$",
+    "linf": r"$\ell_\infty$ distance $\varepsilon$",
+}
 
 
 def curve_grid(max_radius: float, step: float) -> np.ndarray:
@@ -65,9 +93,27 @@ def curve_grid(max_radius: float, step: float) -> np.ndarray:
     return np.round(np.arange(n + 1) * step, 10)
 
 
+def error_curve(distance: np.ndarray, eps_max: float) -> tuple[np.ndarray, np.ndarray]:
+    """The exact step curve of the empirical error up to ``eps_max`` (Finlay & Oberman,
+    Figures 1 and B.2): eps = 0, every distinct per-image distance in (0, eps_max] and
+    eps_max, and the error (fraction) at each, which holds until the next eps (a step drawn
+    "post").
+
+    ``distance`` is per image (``robustness.smallest_distances``: 0 misclassified, inf
+    unbroken). The error at eps is ``robustness.empirical_error``, the value a robustness
+    table prints at its eps, so the curve passes through the table's values; it is right-
+    continuous (an image counts from its own distance on) and starts at the clean error.
+    """
+    inside = distance[(distance > 0) & (distance <= eps_max)]
+    eps = np.unique(np.concatenate([[0.0], inside, [eps_max]]))
+    return eps, np.array([empirical_error(distance, e) for e in eps])
+
+
 def _panels(figure: FigureSpec, spec: TableSpec) -> list[_Panel]:
     """The figure's panels, left to right, with every line they may draw."""
     group = spec.group
+    if figure.draws == ROBUSTNESS:
+        return _robustness_panels(figure, spec)
     if not figure.panels:
         return [
             _Panel(
@@ -112,6 +158,25 @@ def _panels(figure: FigureSpec, spec: TableSpec) -> list[_Panel]:
     return panels
 
 
+def _robustness_panels(figure: FigureSpec, spec: TableSpec) -> list[_Panel]:
+    """A line per (row, group value of the row) in each panel, one colour per row across
+    panels; labelled by the row's label, and its group value where it has several."""
+    colours = {key: f"C{i % 10}" for i, key in enumerate(figure.rows)}
+    panels = []
+    for panel in figure.panels:
+        lines = []
+        for key in panel.rows:
+            row = spec.row(key)
+            own = [g for g in spec.group.values if row.in_group(g)]
+            for g in own:
+                label = row.labels[g]
+                if len(own) > 1:
+                    label = f"{label}, {spec.group.label} = {spec.group.text(g)}"
+                lines.append(_Line(key, g, colours[key], figure.style(key), label, label))
+        panels.append(_Panel(panel.title, tuple(lines), norm=panel.norm, eps_max=panel.eps_max))
+    return panels
+
+
 def _row_names(spec: TableSpec, pairs: list[tuple[str, Any]]) -> dict[tuple[str, Any], str]:
     """Row labels of one panel's (row, group) lines without the label columns all its
     lines share: a panel's title names what they share (its dataset, say), so the legend
@@ -129,9 +194,12 @@ def _row_names(spec: TableSpec, pairs: list[tuple[str, Any]]) -> dict[tuple[str,
 
 
 def figure_curves(figure: FigureSpec, cells: CellsFile) -> pd.DataFrame:
-    """Our curves: panel (its index), row, group, radius, ours (certified accuracy as a
-    fraction), one grid per panel, reaching past the largest certified radius of the
-    panel's plotted logs."""
+    """Our curves. Certify figures: panel (its index), row, group, radius, ours (certified
+    accuracy as a fraction), one grid per panel, reaching past the largest certified radius
+    of the panel's plotted logs. Robustness figures: panel, row, group, eps, ours (% error),
+    the points of ``error_curve`` up to the panel's eps_max."""
+    if figure.draws == ROBUSTNESS:
+        return _error_curves(figure, cells)
     logs = {(c.row, c.group): c.logs[0] for c in cells.cells if c.row in figure.rows}
     records = []
     for index, panel in enumerate(_panels(figure, cells.spec)):
@@ -153,22 +221,87 @@ def figure_curves(figure: FigureSpec, cells: CellsFile) -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=["panel", "row", "group", "radius", "ours"])
 
 
-def paper_points(figure: FigureSpec, spec: TableSpec) -> pd.DataFrame:
-    """The paper's certified accuracies (fractions) at the table's radii: row, group,
-    radius, paper."""
+def _error_curves(figure: FigureSpec, cells: CellsFile) -> pd.DataFrame:
+    """Per panel and line, ``error_curve`` of the per-image smallest distance in the panel's
+    norm over the row's logs (section 4: "the best adversarial distance on a per image
+    basis, in each norm"), in percent."""
+    reader = Reader()  # reads each log once, though a row's logs may serve two panels
+    by_cell = {(c.row, c.group): c for c in cells.cells}
     records = []
+    for index, panel in enumerate(_panels(figure, cells.spec)):
+        for line in panel.lines:
+            cell = by_cell.get((line.row, line.group))
+            paths = _distance_logs(cells, cell, panel.norm) if cell else ()
+            if not paths:
+                continue
+            logs = [reader.outcomes(p) for p in paths]  # its errors name the file
+            try:
+                distance = smallest_distances(logs, panel.norm)
+            except ValueError as err:
+                raise ValueError(f"{', '.join(map(str, paths))}: {err}") from None
+            eps, error = error_curve(distance, panel.eps_max)
+            records += [
+                {"panel": index, "row": line.row, "group": line.group, "eps": e, "ours": 100 * v}
+                for e, v in zip(eps.tolist(), error.tolist(), strict=True)
+            ]
+    return pd.DataFrame.from_records(records, columns=["panel", "row", "group", "eps", "ours"])
+
+
+def _distance_logs(cells: CellsFile, cell: Cell, norm: str) -> tuple[Path, ...]:
+    """The outcome logs a robustness cell's ``norm`` distances come from: those of its
+    columns of that norm (DISTANCE_METRICS), which must all list the same logs for the line
+    to agree with each of them; none if the cell has no such column."""
+    spec = cells.spec
+    columns = [
+        c.key
+        for c in spec.columns
+        if c.metric in DISTANCE_METRICS and c.norm == norm and c.key in cell.files
+    ]
+    for key in columns[1:]:
+        if set(cell.files[key]) != set(cell.files[columns[0]]):
+            raise ValueError(
+                f"{cells.path}: row {cell.row!r}: columns {columns[0]!r} and {key!r} list "
+                f"different {norm} outcome logs; a figure line draws one set"
+            )
+    return cell.files[columns[0]] if columns else ()
+
+
+def paper_points(figure: FigureSpec, spec: TableSpec) -> pd.DataFrame:
+    """The paper's values of the plotted rows. Certify figures: certified accuracies
+    (fractions) at the table's radii: row, group, radius, paper. Robustness figures: the
+    empirical errors (percent) at the table's eps: row, group, norm, eps, paper."""
+    if figure.draws == ROBUSTNESS:
+        records = [
+            {"row": key, "group": group, "norm": column.norm, "eps": column.eps, "paper": value}
+            for key, group, column, value in _published(figure, spec, "empirical_error", 100.0)
+        ]
+        return pd.DataFrame.from_records(records, columns=["row", "group", "norm", "eps", "paper"])
+    records = [
+        {"row": key, "group": group, "radius": column.radius, "paper": value}
+        for key, group, column, value in _published(figure, spec, "certified_accuracy", 1.0)
+    ]
+    return pd.DataFrame.from_records(records, columns=["row", "group", "radius", "paper"])
+
+
+def _published(figure: FigureSpec, spec: TableSpec, metric: str, scale: float):
+    """(row, group, column, value) of each published ``metric`` value of the plotted rows,
+    as a fraction times ``scale`` (1: a fraction, 100: percent)."""
     for group in spec.group.values:
         for key in figure.rows:
             values = spec.row(key).paper.get(group)
             if values is None:
                 continue
             for column, value in zip(spec.columns, values, strict=True):
-                if column.metric == "certified_accuracy" and value is not None:
-                    paper = value / 100.0 if column.percent else value
-                    records.append(
-                        {"row": key, "group": group, "radius": column.radius, "paper": paper}
-                    )
-    return pd.DataFrame.from_records(records, columns=["row", "group", "radius", "paper"])
+                if column.metric == metric and value is not None:
+                    fraction = value / 100.0 if column.percent else value
+                    yield key, group, column, fraction * scale
+
+
+def _panel_points(panel: _Panel, line: _Line, points: pd.DataFrame) -> pd.DataFrame:
+    """The paper's points of ``line`` that ``panel`` draws: all of them, or in a robustness
+    panel those of its norm."""
+    paper = points[(points.row == line.row) & (points.group == line.group)]
+    return paper if panel.norm is None else paper[paper.norm == panel.norm]
 
 
 def _legend_title(spec: TableSpec, markers: bool) -> str:
@@ -189,6 +322,7 @@ def draw_figure(
     from matplotlib.lines import Line2D
 
     panels = _panels(figure, spec)
+    x = "eps" if figure.draws == ROBUSTNESS else "radius"
     fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
@@ -199,12 +333,12 @@ def draw_figure(
             ours = curves[
                 (curves.panel == index) & (curves.row == line.row) & (curves.group == line.group)
             ]
-            paper = points[(points.row == line.row) & (points.group == line.group)]
+            paper = _panel_points(panel, line, points)
             if ours.empty and paper.empty:
                 continue
             if not ours.empty:
                 ax.step(
-                    ours.radius,
+                    ours[x],
                     ours.ours,
                     where="post",
                     color=line.colour,
@@ -214,7 +348,7 @@ def draw_figure(
             handle_marker = {}
             if not paper.empty:
                 ax.plot(
-                    paper.radius,
+                    paper[x],
                     paper.paper,
                     linestyle="none",
                     marker="o",
@@ -235,8 +369,13 @@ def draw_figure(
                 )
             )
         ax.set_title(panel.title)
-        ax.set_xlabel(r"$\ell_2$ radius")
-        ax.set_ylim(0.0, 1.02)
+        if panel.norm is None:
+            ax.set_xlabel(r"$\ell_2$ radius")
+            ax.set_ylim(0.0, 1.02)
+        else:
+            ax.set_xlabel(_DISTANCE_LABELS[panel.norm])
+            ax.set_xlim(0.0, panel.eps_max)
+            ax.set_ylim(0.0, 102.0)
         ax.grid(alpha=0.3)
         ax.legend(
             handles=handles,
@@ -244,7 +383,8 @@ def draw_figure(
             fontsize="x-small",
             title_fontsize="x-small",
         )
-    axes[0].set_ylabel("certified accuracy")
+    # top-1 or top-5 error: the caption says which
+    axes[0].set_ylabel("% error" if figure.draws == ROBUSTNESS else "certified accuracy")
     return fig
 
 
@@ -293,29 +433,63 @@ def _context(
 ) -> dict[str, Any]:
     spec = cells.spec
     table = spec.source.get("table")
+    robustness = figure.draws == ROBUSTNESS
+    if robustness:
+        panels = _panels(figure, spec)
+        markers = any(
+            not _panel_points(panel, line, points).empty for panel in panels for line in panel.lines
+        )
+        logs, settings = "minimum-distance attack outcome logs", "training and attack settings"
+    else:
+        markers = not points.empty
+        logs, settings = "certification logs", "training and certification settings"
     return {
         "name": figure.name,
         "title": figure.title,
         "caption": figure.caption,
         "source": figure.source,
         "group": spec.group,
-        "step": f"{figure.radius_step:g}",
-        "colour_by": spec.group.label if figure.panels else None,
+        "robustness": robustness,
+        "step": None if robustness else f"{figure.radius_step:g}",
+        "colour_by": spec.group.label if figure.panels and not robustness else None,
         "styles": _styles_text(figure, spec) if figure.styles else None,
-        "markers": not points.empty,
+        "markers": markers,
         "published": f"Table {table} of the paper" if table else "the paper",
         "banner": cells.banner,
         "default_banner": (
             None
             if cells.banner
-            else f"Our curves come from the certification logs listed in {cells.path.name}; "
-            "their scale (training and certification settings) is not stated."
+            else f"Our curves come from the {logs} listed in {cells.path.name}; "
+            f"their scale ({settings}) is not stated."
         ),
-        "sources": sources(cells, figure.rows),
+        "sources": _distance_sources(figure, cells) if robustness else sources(cells, figure.rows),
         "cells_file": cells.path.name,
         "png": _relative(png, md),
         "pdf": _relative(pdf, tex),
     }
+
+
+def _distance_sources(figure: FigureSpec, cells: CellsFile) -> list[dict[str, Any]]:
+    """``render.sources`` for a robustness figure: per plotted cell, only the outcome logs
+    its lines read, per norm, as written in the cells file."""
+    norms: dict[str, list[str]] = {}  # row -> the norms of the panels that draw it
+    for panel in figure.panels:
+        for key in panel.rows:
+            norms.setdefault(key, [])
+            if panel.norm not in norms[key]:
+                norms[key].append(panel.norm)
+    entries = sources(cells, figure.rows)
+    by_row_group = {(c.row, cells.spec.group.text(c.group)): c for c in cells.cells}
+    for entry in entries:
+        cell = by_row_group[entry["row"], entry["group"]]
+        as_written = dict(zip(cell.logs, cell.log_texts, strict=True))
+        entry["origins"] = [
+            f"{norm}: {', '.join(as_written[path] for path in paths)}"
+            for norm in norms[cell.row]
+            for paths in [_distance_logs(cells, cell, norm)]
+            if paths
+        ]
+    return [entry for entry in entries if entry["origins"]]
 
 
 def _styles_text(figure: FigureSpec, spec: TableSpec) -> str:

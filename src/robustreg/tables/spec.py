@@ -118,7 +118,8 @@ Figure schema (``<name>.yaml``, load with ``load_figure_spec``)::
     table: table2_mnist                # a table spec in the same folder: its cells file
                                        #   supplies our logs; its rows, labels, group values
                                        #   and certified-accuracy paper values are reused
-                                       #   (no setting or aggregate columns)
+                                       #   (certification columns without aggregate; or a
+                                       #   robustness table, below)
     rows: [gaussian, consistency]      # row keys to plot, in legend order; required
                                        #   without panels: then each group value gets a
                                        #   panel with one colour per row
@@ -130,7 +131,21 @@ Figure schema (``<name>.yaml``, load with ``load_figure_spec``)::
                                        #   exactly the panels' rows
     styles: {cifar_adv: dashed}        # optional: plotted row -> line style, one of
                                        #   LINE_STYLES (default solid)
-    radius_step: 0.01                  # spacing of the radius grid of our curves
+    radius_step: 0.01                  # spacing of the radius grid of our curves (required
+                                       #   for a figure of certification logs, refused for a
+                                       #   robustness figure)
+
+A figure of a robustness table (Finlay & Oberman's Figures 1 and B.2: % error against
+adversarial distance) draws, per panel, one line per row in the panel's norm::
+
+    table: figure1_gradreg_models      # a robustness table spec
+    panels:                            # required; each row may be in several panels (one per
+      - title: "(a) ℓ2"                #   norm), once in each
+        norm: l2                       #   l2 | linf: the distance the x axis measures
+        eps_max: 2.0                   #   positive: the x axis runs from 0 to eps_max
+        rows: [undefended, l2_fd_1]    #   each with an empirical_error or empirical_distance
+                                       #   column in the panel's norm that it evaluates
+    # no radius_step; rows and styles as above, one colour per row in every panel
 """
 
 from __future__ import annotations
@@ -259,6 +274,10 @@ _FIGURE_KEYS = {
 }
 _OPTIONAL_FIGURE_KEYS = {"source", "rows", "panels", "styles"}
 _PANEL_KEYS = {"title", "rows"}
+_ROBUSTNESS_PANEL_KEYS = _PANEL_KEYS | {"norm", "eps_max"}
+# the robustness metrics whose outcome logs give a row's per-image distance in a norm: the
+# logs a robustness figure's line reads
+DISTANCE_METRICS = ("empirical_error", "empirical_distance")
 
 
 @dataclass(frozen=True)
@@ -366,6 +385,8 @@ class TableSpec:
 class PanelSpec:
     title: str
     rows: tuple[str, ...]
+    norm: str | None = None  # robustness figures: the distance of the x axis, l2 or linf
+    eps_max: float | None = None  # robustness figures: where the x axis ends
 
 
 @dataclass(frozen=True)
@@ -377,9 +398,12 @@ class FigureSpec:
     caption: str
     table: str  # the table spec whose cells file and paper values the figure uses
     rows: tuple[str, ...]  # every plotted row; with panels, theirs in panel order
-    radius_step: float
+    radius_step: float | None  # certify figures; None for robustness figures
     panels: tuple[PanelSpec, ...] = ()  # empty: one panel per group value of the table
     styles: dict[str, str] = field(default_factory=dict)  # row -> line style, as given
+    # what the lines draw: CERTIFY (certified accuracy against radius, from certification
+    # logs) or ROBUSTNESS (empirical error against distance, from minimum-distance attacks)
+    draws: str = CERTIFY
 
     def style(self, row: str) -> str:
         return self.styles.get(row, "solid")
@@ -412,7 +436,9 @@ def load_figure_spec(name: str, directory: str | Path | None = None) -> FigureSp
     c = _Checker(path)
     if isinstance(raw, dict) and raw.get("kind", "table") != "figure":
         raise c.fail("kind", "a table spec, not a figure (kind: figure); load it with load_spec")
-    top = c.mapping(raw, "top level", _FIGURE_KEYS, _FIGURE_KEYS - _OPTIONAL_FIGURE_KEYS)
+    # radius_step is required by the kind of table, known only once the table is loaded
+    required = _FIGURE_KEYS - _OPTIONAL_FIGURE_KEYS - {"radius_step"}
+    top = c.mapping(raw, "top level", _FIGURE_KEYS, required)
     fig_name = c.string(top["name"], "name")
     if fig_name != path.stem:
         raise c.fail("name", f"{fig_name!r} differs from the file name {path.stem!r}")
@@ -424,17 +450,22 @@ def load_figure_spec(name: str, directory: str | Path | None = None) -> FigureSp
         table = load_spec(table_name, path.parent)
     except ValueError as err:
         raise c.fail("table", _one_line(err)) from None
-    if table.values_from != CERTIFY:
+    draws = table.values_from
+    if draws not in (CERTIFY, ROBUSTNESS):
         raise c.fail(
             "table",
-            f"{table_name!r} is a {table.values_from} table; figures draw certification logs",
+            f"{table_name!r} is a {draws} table; figures draw certification logs or the "
+            "minimum-distance attack logs of a robustness table",
         )
     if any(col.aggregate for col in table.columns):
         raise c.fail("table", f"{table_name!r} aggregates seeds; figures draw one log per cell")
+    if draws == ROBUSTNESS and "panels" not in top:
+        raise c.fail("top level", "missing key 'panels' (required for a robustness figure)")
     rows = _figure_rows(c, top["rows"], "rows", table) if "rows" in top else None
-    panels = _parse_panels(c, top["panels"], table) if "panels" in top else ()
+    panels = _parse_panels(c, top["panels"], table, draws) if "panels" in top else ()
     if panels:
-        plotted = tuple(key for panel in panels for key in panel.rows)
+        # a robustness figure may draw a row in several panels, one per norm
+        plotted = tuple(dict.fromkeys(key for panel in panels for key in panel.rows))
         if rows is not None and set(rows) != set(plotted):
             extra = [key for key in rows if key not in plotted]
             if extra:
@@ -445,9 +476,20 @@ def load_figure_spec(name: str, directory: str | Path | None = None) -> FigureSp
     elif rows is None:
         raise c.fail("top level", "missing key 'rows' (required without panels)")
     styles = _parse_styles(c, top.get("styles", {}), rows)
-    step = c.number(top["radius_step"], "radius_step")
-    if step <= 0:
-        raise c.fail("radius_step", f"expected a positive number, got {top['radius_step']!r}")
+    step = None
+    if draws == ROBUSTNESS:
+        if "radius_step" in top:
+            raise c.fail(
+                "radius_step",
+                "only for figures of certification logs; a robustness figure's x axis runs "
+                "to each panel's eps_max",
+            )
+    elif "radius_step" not in top:
+        raise c.fail("top level", "missing key 'radius_step'")
+    else:
+        step = c.number(top["radius_step"], "radius_step")
+        if step <= 0:
+            raise c.fail("radius_step", f"expected a positive number, got {top['radius_step']!r}")
     return FigureSpec(
         name=fig_name,
         path=path,
@@ -459,6 +501,7 @@ def load_figure_spec(name: str, directory: str | Path | None = None) -> FigureSp
         radius_step=step,
         panels=panels,
         styles=styles,
+        draws=draws,
     )
 
 
@@ -476,12 +519,15 @@ def _figure_rows(c: _Checker, obj: Any, where: str, table: TableSpec) -> tuple[s
     return tuple(str(k) for k in obj)
 
 
-def _parse_panels(c: _Checker, obj: Any, table: TableSpec) -> tuple[PanelSpec, ...]:
-    if not isinstance(obj, list) or not obj:
-        raise c.fail("panels", "expected a non-empty list of {title, rows} mappings")
+def _parse_panels(c: _Checker, obj: Any, table: TableSpec, draws: str) -> tuple[PanelSpec, ...]:
+    if draws == ROBUSTNESS:
+        return tuple(
+            _robustness_panel(c, entry, f"panels[{i}]", table)
+            for i, entry in enumerate(_panel_list(c, obj, "{title, norm, eps_max, rows}"))
+        )
     owner: dict[str, int] = {}  # row -> the panel that draws it
     out: list[PanelSpec] = []
-    for i, entry in enumerate(obj):
+    for i, entry in enumerate(_panel_list(c, obj, "{title, rows}")):
         where = f"panels[{i}]"
         entry = c.mapping(entry, where, _PANEL_KEYS, _PANEL_KEYS)
         rows = _figure_rows(c, entry["rows"], f"{where}.rows", table)
@@ -493,6 +539,40 @@ def _parse_panels(c: _Checker, obj: Any, table: TableSpec) -> tuple[PanelSpec, .
             owner[key] = i
         out.append(PanelSpec(title=c.string(entry["title"], f"{where}.title"), rows=rows))
     return tuple(out)
+
+
+def _panel_list(c: _Checker, obj: Any, keys: str) -> list:
+    if not isinstance(obj, list) or not obj:
+        raise c.fail("panels", f"expected a non-empty list of {keys} mappings")
+    return obj
+
+
+def _robustness_panel(c: _Checker, entry: Any, where: str, table: TableSpec) -> PanelSpec:
+    """A panel of a robustness figure: its rows' error against distance in ``norm`` up to
+    ``eps_max``; each row needs outcome logs in that norm, i.e. a column of
+    DISTANCE_METRICS in the norm that the row evaluates."""
+    entry = c.mapping(entry, where, _ROBUSTNESS_PANEL_KEYS, _ROBUSTNESS_PANEL_KEYS)
+    norm = entry["norm"]
+    if norm not in NORMS:
+        raise c.fail(f"{where}.norm", f"expected one of {', '.join(NORMS)}, got {norm!r}")
+    eps_max = c.number(entry["eps_max"], f"{where}.eps_max")
+    if eps_max <= 0:
+        raise c.fail(f"{where}.eps_max", f"expected a positive number, got {entry['eps_max']!r}")
+    rows = _figure_rows(c, entry["rows"], f"{where}.rows", table)
+    for j, key in enumerate(rows):
+        row = table.row(key)
+        if not any(
+            col.metric in DISTANCE_METRICS and col.norm == norm and col.key not in row.not_evaluated
+            for col in table.columns
+        ):
+            raise c.fail(
+                f"{where}.rows[{j}]",
+                f"row {key!r} evaluates no {' or '.join(DISTANCE_METRICS)} column in {norm} "
+                f"in table {table.name}, so it has no {norm} distances to draw",
+            )
+    return PanelSpec(
+        title=c.string(entry["title"], f"{where}.title"), rows=rows, norm=norm, eps_max=eps_max
+    )
 
 
 def _parse_styles(c: _Checker, obj: Any, rows: tuple[str, ...]) -> dict[str, str]:
