@@ -82,7 +82,7 @@ def test_imagenet_trains_data_parallel_through_torchrun(adre_run):
     text = logs[0].read_text()
     assert "rank 0 of 2, gloo" in text and "rank 1 of 2, gloo" in text, text[-2000:]
     folder = next((adre_run / "results" / "data").glob("imagenet-synthetic-*"))
-    assert len(list((folder / "folder" / "train").iterdir())) == 4  # class folders
+    assert len(list((folder / "folder" / "train").iterdir())) == 6  # class folders (micro.yaml)
 
 
 def test_changing_the_tcertify_grid_recomputes_only_tcertify(adre_run):
