@@ -394,3 +394,39 @@ def test_unknown_certifier_is_refused_by_the_schema():
     overlay = {"tables": {"figure2_adre_models": {"rows": {"cifar_tcertify": {"certifier": "x"}}}}}
     with pytest.raises(ConfigError, match="certifier"):
         validate_config(merged(overlay), schema)
+
+
+@pytest.mark.parametrize(
+    "table",
+    ["table1_smoothadv", "table2_mnist", "table3_mnist_seeds", "table1_atent", "table1_gradreg"],
+)
+def test_cells_command_writes_the_plans_cells_file(tmp_path, table):
+    """The table_cells rule passes ``cells_document`` as JSON to `python -m robustreg cells`:
+    the file it writes is the one ``write_cells`` writes (settings, results, seeded, attacks
+    and robustness tables)."""
+    from robustreg.cli import main
+    from robustreg.plan import cells_document, write_cells
+
+    plan = make_plan(merged(yaml.safe_load((REPO / "config" / "quick.yaml").read_text())))
+    path = tmp_path / "results" / "tables" / f"{table}.cells.yaml"
+    doc = cells_document(plan.tables[table], path)
+    assert main(["cells", "--json", json.dumps(doc), "--out", str(path)]) == 0
+    written = path.read_text()
+    write_cells(plan.tables[table], path)
+    assert written == path.read_text()
+    loaded = yaml.safe_load(written)
+    assert loaded["table"] == plan.tables[table].spec and "Quick scale" in loaded["banner"]
+    assert len(loaded["cells"]) == len(plan.tables[table].cells)
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [("{", "--json: not JSON"), ('{"cells": []}', "--json: need an object with 'table'")],
+)
+def test_cells_command_refuses_a_bad_document_in_one_line(tmp_path, capsys, argument, message):
+    from robustreg.cli import main
+
+    assert main(["cells", "--json", argument, "--out", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"robustreg cells: error: {message}") and "\n" not in err
+    assert not (tmp_path / "c.yaml").exists()

@@ -239,7 +239,10 @@ def test_robustness_table_renders_our_values_from_outcomes_bounds_and_model(tmp_
     assert ours[("dbp", "clean")] == 50.0
     assert ours[("dbp", "emp2")] == 100.0 and ours[("dbp", "emp8")] == 100.0
     assert math.isnan(ours[("undefended", "clean")])
-    assert "12.62" in (tmp_path / "b4.md").read_text()
+    md = (tmp_path / "b4.md").read_text()
+    assert "12.62" in md
+    # the files are listed once for the three columns that read them, as the cells file gives
+    assert f"- Double backpropagation, Dataset = CIFAR-10: `clean, emp2, emp8: {pgd}, {cw}`" in md
 
     # a bounds job: 10 images, loss gaps 1..10 with gradient norm 1, a flat modulus
     rng = np.random.default_rng(0)
@@ -279,6 +282,13 @@ def test_robustness_table_renders_our_values_from_outcomes_bounds_and_model(tmp_
             )
         assert ours[("at2", f"r{int(e * 100):03d}")] == pytest.approx(100 * np.mean(~certified))
     assert 0 < ours[("at2", "r025")] < ours[("at2", "r150")] < 100.0
+    listed = [
+        line for line in (tmp_path / "b6.md").read_text().splitlines() if "bounds.json" in line
+    ]
+    assert listed == [
+        f"- ℓ∞ 7-step AT, ε = 2/255, Dataset = CIFAR-10: `{', '.join(files)}: "
+        f"{tmp_path / 'bounds' / 'bounds.json'}`"
+    ]
 
     cells = tmp_path / "t1.cells.yaml"
     entry = {"row": "at2", "dataset": "CIFAR-10", "files": {"hours": str(model)}}

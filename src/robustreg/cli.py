@@ -1,7 +1,7 @@
 """``python -m robustreg <command>``: the commands the Snakemake rules call.
 
-Commands: data, train, certify, tcertify, attack, bounds, table, figure, index. Every command
-is usable without Snakemake. Errors in the user's input end the command with one line naming
+Commands: data, train, certify, tcertify, attack, bounds, cells, table, figure, index. Every
+command is usable without Snakemake. Errors in the user's input end the command with one line naming
 the bad file or key (exit status 2); a training run whose loss becomes NaN ends with status 3
 and writes no model.
 """
@@ -123,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", required=True, type=Path)
     _device_args(p)
 
+    p = sub.add_parser(
+        "cells", help="write a table's cells file from the workflow's cells document (JSON)"
+    )
+    p.add_argument("--json", required=True, help="the document: {table, cells, banner?}")
+    p.add_argument("--out", required=True, type=Path)
+
     p = sub.add_parser("table", help="render a paper table from its cells file")
     p.add_argument("--cells", required=True, type=Path, help="YAML mapping table cells to logs")
     p.add_argument("--md", required=True, type=Path)
@@ -148,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "tcertify": _tcertify,
         "attack": _attack,
         "bounds": _bounds,
+        "cells": _cells,
         "table": _table,
         "figure": _figure,
         "index": _index,
@@ -628,6 +635,19 @@ def _bounds(args) -> int:
         "torch": torch.__version__,
     }
     write_bounds(args.out_dir, per_image, summary)
+    return 0
+
+
+def _cells(args) -> int:
+    from robustreg.plan import write_cells_document
+
+    try:
+        doc = json.loads(args.json)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--json: not JSON ({err})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("cells"), list) or "table" not in doc:
+        raise ValueError("--json: need an object with 'table' and a list 'cells'")
+    write_cells_document(doc, args.out)
     return 0
 
 

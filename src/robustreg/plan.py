@@ -739,8 +739,9 @@ def _outcome_logs(cell: Cell) -> list[tuple[str, str]]:
     return list(zip(cell.attacks, cell.logs(), strict=True))
 
 
-def write_cells(table: TablePlan, path: str | Path) -> None:
-    """The cells file of ``table``: the same format a user writes for logs from elsewhere."""
+def cells_document(table: TablePlan, path: str | Path) -> dict:
+    """The cells file of ``table``, to be written at ``path`` (its log paths are relative to
+    that file's folder): the same format a user writes for logs from elsewhere."""
     path = Path(path)
 
     def relative(log: str) -> str:
@@ -773,4 +774,14 @@ def write_cells(table: TablePlan, path: str | Path) -> None:
     doc = {"table": table.spec, "cells": cells}
     if table.banner:
         doc["banner"] = table.banner
-    write_text_atomic(path, yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    return doc
+
+
+def write_cells_document(doc: dict, path: str | Path) -> None:
+    """A cells document (``cells_document``) written as YAML, atomically."""
+    write_text_atomic(Path(path), yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+
+
+def write_cells(table: TablePlan, path: str | Path) -> None:
+    """The cells file of ``table`` at ``path``."""
+    write_cells_document(cells_document(table, path), path)

@@ -1,19 +1,29 @@
-from pathlib import Path
+import json
 
-from robustreg.plan import write_cells
+from robustreg.plan import cells_document
 
 
+def cells_json(wildcards, output):
+    """The table's cells document, as the argument of `python -m robustreg cells`."""
+    return json.dumps(cells_document(PLAN.tables[wildcards.table], output[0]))
+
+
+# A shell rule, not a `run:` block: Snakemake runs `run:` jobs in a new Snakemake process that
+# parses the whole workflow again (several seconds per table).
 rule table_cells:
     input:
         table_logs,
     output:
         "results/tables/{table}.cells.yaml",
+    params:
+        cells=cells_json,
     log:
         "logs/tables/{table}.cells.log",
     localrule: True
-    run:
-        write_cells(PLAN.tables[wildcards.table], output[0])
-        Path(log[0]).write_text(f"wrote {output[0]}\n")
+    conda:
+        "../../envs/robustreg.yaml"
+    shell:
+        "python -m robustreg cells --json {params.cells:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule table:

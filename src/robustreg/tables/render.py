@@ -677,6 +677,20 @@ def environment(kind: str) -> jinja2.Environment:
     return env
 
 
+def _file_origins(cell: Cell) -> list[str]:
+    """A robustness cell's files as written in the cells file, each set once: columns that
+    read the same files (a suite's outcome logs serve every error column of its norm) share
+    one line, ``"clean, emp2, emp8: a.tsv, b.tsv"``."""
+    as_written = dict(zip(cell.logs, cell.log_texts, strict=True))
+    columns: dict[tuple[Path, ...], list[str]] = {}
+    for key, paths in cell.files.items():
+        columns.setdefault(paths, []).append(key)
+    return [
+        f"{', '.join(keys)}: {', '.join(as_written[p] for p in paths)}"
+        for paths, keys in columns.items()
+    ]
+
+
 def sources(cells: CellsFile, rows: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     """Where each cell's values come from (its logs, or the experiment a settings row
     trains), labelled like the table; only ``rows`` if given."""
@@ -692,9 +706,7 @@ def sources(cells: CellsFile, rows: tuple[str, ...] | None = None) -> list[dict[
                 if c.experiment
                 else [f"{key}: {text}" for key, text in zip(c.outcomes, c.log_texts, strict=True)]
                 if c.outcomes
-                else [
-                    f"{key}: {', '.join(str(p) for p in paths)}" for key, paths in c.files.items()
-                ]
+                else _file_origins(c)
                 if c.files
                 else list(c.log_texts)
             ),
