@@ -23,7 +23,7 @@ shell.prefix(
     f"set -euo pipefail; export PYTHONPATH={shlex.quote(str(SRC))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
 )
 
-from robustreg.plan import ConfigError, make_plan, validate_config  # noqa: E402
+from robustreg.plan import ConfigError, cells_document, make_plan, validate_config  # noqa: E402
 from robustreg.tables.spec import specs_dir  # noqa: E402
 
 min_version("9.0")

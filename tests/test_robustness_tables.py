@@ -112,7 +112,7 @@ def test_gradreg_tables_plan_attack_bounds_and_training_files():
     exp = at8.experiments[0]
     assert plan.experiments[exp]["arch"] == "resnext34_2x32_cifar"
     assert at8.files["hours"] == (f"results/models/{exp}/model.pt",)
-    assert len(at8.files["emp2"]) == 3 and at8.files["emp2"] == at8.files["clean"]
+    assert len(at8.files["emp2"]) == 4 and at8.files["emp2"] == at8.files["clean"]
     (bounds,) = at8.files["omega8"]
     assert bounds.startswith(f"results/bounds/{exp}/gradreg_linf-")
     job = plan.bounds[bounds.removeprefix("results/bounds/").removesuffix("/bounds.json")]
@@ -122,12 +122,17 @@ def test_gradreg_tables_plan_attack_bounds_and_training_files():
     assert imagenet.sigma == "ImageNet-1k"
     attack = imagenet.files["emp8"][0].removeprefix("results/attacks/")
     assert plan.attacks[attack.removesuffix("/outcomes.tsv")]["attack"]["top_k"] == 5
-    # the same model in Tables 1, 2, B.3 and B.6; the Boundary attack shared by both norms
+    # Foolbox's Carlini-Wagner is top-1 only: not in the top-5 suites
+    assert len(imagenet.files["emp8"]) == 3
+    assert not any("gradreg_cw_l2" in f for f in imagenet.files["emp8"])
+    # the same model in Tables 1, 2, B.3 and B.6; the l2 attacks (Boundary, Carlini-Wagner)
+    # are in both norms' suites, one job each
     same = {c.row: c.experiments for c in plan.tables["table2_gradreg"].cells}
     assert same["at8"] == at8.experiments
-    boundary = [f for f in at8.files["emp2"] if "gradreg_boundary-" in f]
     t2 = {c.row: c for c in plan.tables["table2_gradreg"].cells}
-    assert boundary[0] in t2["at8"].files["empirical"]
+    for name in ("gradreg_boundary-", "gradreg_cw_l2-"):
+        (shared,) = [f for f in at8.files["emp2"] if name in f]
+        assert shared in t2["at8"].files["empirical"]
     # Table B.4's h = 0.1 row is Table 1's lambda = 1 FD row
     b4 = {c.row: c.experiments for c in plan.tables["tableB4_gradreg"].cells}
     assert b4["h1e-1"] == cells["l1_fd_1"].experiments
@@ -140,7 +145,7 @@ def test_gradreg_cells_file_lists_outcome_logs_and_single_files(tmp_path):
     doc = yaml.safe_load(path.read_text())
     entry = next(c for c in doc["cells"] if c["row"] == "at2")
     assert entry["dataset"] == "CIFAR-10"
-    assert isinstance(entry["files"]["emp2"], list) and len(entry["files"]["emp2"]) == 3
+    assert isinstance(entry["files"]["emp2"], list) and len(entry["files"]["emp2"]) == 4
     assert entry["files"]["hours"].endswith("model.pt")
     assert entry["files"]["omega2"].endswith("bounds.json")
 

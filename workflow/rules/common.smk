@@ -60,6 +60,11 @@ def table_logs(wildcards):
     return cell_logs(wildcards.table)
 
 
+def cells_json(wildcards, output):
+    """The table's cells document, as the argument of `python -m robustreg cells`."""
+    return json.dumps(cells_document(PLAN.tables[wildcards.table], output[0]))
+
+
 def spec_file(name):
     """A table's or figure's spec: an input, so that editing it re-renders (and only that)."""
     return str(specs_dir() / f"{name}.yaml")

@@ -1,13 +1,3 @@
-import json
-
-from robustreg.plan import cells_document
-
-
-def cells_json(wildcards, output):
-    """The table's cells document, as the argument of `python -m robustreg cells`."""
-    return json.dumps(cells_document(PLAN.tables[wildcards.table], output[0]))
-
-
 # A shell rule, not a `run:` block: Snakemake runs `run:` jobs in a new Snakemake process that
 # parses the whole workflow again (several seconds per table).
 rule table_cells:
