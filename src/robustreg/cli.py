@@ -1,9 +1,9 @@
 """``python -m robustreg <command>``: the commands the Snakemake rules call.
 
 Commands: data, train, certify, tcertify, attack, bounds, cells, table, figure, index. Every
-command is usable without Snakemake. Errors in the user's input end the command with one line naming
-the bad file or key (exit status 2); a training run whose loss becomes NaN ends with status 3
-and writes no model.
+command is usable without Snakemake. Errors in the user's input end the command with one line
+naming the bad file or key (exit status 2); a training run whose loss becomes NaN ends with
+status 3 and writes no model.
 """
 
 from __future__ import annotations
@@ -648,6 +648,7 @@ def _cells(args) -> int:
     if not isinstance(doc, dict) or not isinstance(doc.get("cells"), list) or "table" not in doc:
         raise ValueError("--json: need an object with 'table' and a list 'cells'")
     write_cells_document(doc, args.out)
+    print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 
