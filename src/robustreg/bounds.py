@@ -61,6 +61,7 @@ from tqdm import tqdm
 
 from robustreg.attacks.pgd import NORMS, eval_mode, flat_norms, per_example
 from robustreg.io import image_ids, write_text_atomic
+from robustreg.smoothing import indexed_device
 
 __all__ = [
     "BOUNDS_FORMAT",
@@ -596,9 +597,7 @@ def bound_statistics(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     images = torch.as_tensor(x)
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = indexed_device(device)
     num = images.shape[0]
     idx, label = image_ids(num, indices, y)
     result = {

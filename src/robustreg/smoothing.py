@@ -35,6 +35,16 @@ from robustreg.io import ResumableLog, image_ids
 __all__ = ["ProgressLog", "certify_counts", "image_generator", "sample_counts"]
 
 
+def indexed_device(device: torch.device | str) -> torch.device:
+    """``device`` with its index: a bare ``cuda`` becomes the current CUDA device (the one the
+    job claimed), so that noise generators, RNG forks (which need an index) and
+    ``torch.cuda.device`` scopes all name that one GPU."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def image_generator(seed: int, index: int, device: torch.device | str) -> torch.Generator:
     """The generator of the image at dataset position ``index`` in a run seeded with ``seed``.
 
@@ -274,9 +284,7 @@ def certify_counts(
     split evenly between its images, which all draw the same number of samples).
     """
     images = torch.as_tensor(images)
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = indexed_device(device)
     num_images = images.shape[0]
     idx, label = image_ids(num_images, indices, labels)
     if images_per_batch is None:

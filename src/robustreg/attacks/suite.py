@@ -72,6 +72,7 @@ from robustreg.attacks.min_distance import (
 )
 from robustreg.attacks.pgd import NORMS, pgd, project
 from robustreg.io import ResumableLog, image_ids, write_text_atomic
+from robustreg.smoothing import indexed_device
 
 __all__ = [
     "OUTCOME_COLUMNS",
@@ -890,9 +891,7 @@ def run_attack(
     if return_points and done is not None:
         raise ValueError("return_points needs every batch attacked: pass no done")
     images = torch.as_tensor(x)
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = indexed_device(device)
     num = images.shape[0]
     idx, label = image_ids(num, indices, y)
     result = {
