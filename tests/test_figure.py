@@ -14,7 +14,7 @@ from PIL import Image
 from test_plan import merged
 
 from robustreg.certify import certified_accuracy, write_certify_log
-from robustreg.plan import ConfigError, make_plan, write_cells
+from robustreg.plan import ConfigError, cells_document, make_plan, write_cells_document
 from robustreg.tables import load_figure_spec, load_spec, render_figure
 from robustreg.tables.figure import (
     curve_grid,
@@ -1002,7 +1002,7 @@ def test_package_gradreg_figure_renders_from_the_planned_cells_file(
     monkeypatch.chdir(tmp_path)  # the workflow's folder: the plan's paths are relative to it
     table = paper_plan.tables["figure1_gradreg_models"]
     cells_path = tmp_path / "results" / "tables" / "figure1_gradreg_models.cells.yaml"
-    write_cells(table, cells_path)
+    write_cells_document(cells_document(table, cells_path), cells_path)
     rng = np.random.default_rng(0)
     for log in {log for cell in table.cells for log in cell.logs()}:
         distances = rng.uniform(0.01, 1.5, size=4)

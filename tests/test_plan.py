@@ -402,17 +402,17 @@ def test_unknown_certifier_is_refused_by_the_schema():
 )
 def test_cells_command_writes_the_plans_cells_file(tmp_path, table):
     """The table_cells rule passes ``cells_document`` as JSON to `python -m robustreg cells`:
-    the file it writes is the one ``write_cells`` writes (settings, results, seeded, attacks
-    and robustness tables)."""
+    the file it writes is the one ``write_cells_document`` writes in process (settings, results,
+    seeded, attacks and robustness tables)."""
     from robustreg.cli import main
-    from robustreg.plan import cells_document, write_cells
+    from robustreg.plan import cells_document, write_cells_document
 
     plan = make_plan(merged(yaml.safe_load((REPO / "config" / "quick.yaml").read_text())))
     path = tmp_path / "results" / "tables" / f"{table}.cells.yaml"
     doc = cells_document(plan.tables[table], path)
     assert main(["cells", "--json", json.dumps(doc), "--out", str(path)]) == 0
     written = path.read_text()
-    write_cells(plan.tables[table], path)
+    write_cells_document(cells_document(plan.tables[table], path), path)
     assert written == path.read_text()
     loaded = yaml.safe_load(written)
     assert loaded["table"] == plan.tables[table].spec and "Quick scale" in loaded["banner"]

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from test_plan import merged
 
-from robustreg.plan import ConfigError, make_plan, write_cells
+from robustreg.plan import ConfigError, cells_document, make_plan, write_cells_document
 from robustreg.tables import load_spec
 from robustreg.tables.robustness import (
     clean_error,
@@ -141,7 +141,7 @@ def test_gradreg_tables_plan_attack_bounds_and_training_files():
 def test_gradreg_cells_file_lists_outcome_logs_and_single_files(tmp_path):
     plan = make_plan(merged())
     path = tmp_path / "results" / "tables" / "table1_gradreg.cells.yaml"
-    write_cells(plan.tables["table1_gradreg"], path)
+    write_cells_document(cells_document(plan.tables["table1_gradreg"], path), path)
     doc = yaml.safe_load(path.read_text())
     entry = next(c for c in doc["cells"] if c["row"] == "at2")
     assert entry["dataset"] == "CIFAR-10"

@@ -780,8 +780,3 @@ def cells_document(table: TablePlan, path: str | Path) -> dict:
 def write_cells_document(doc: dict, path: str | Path) -> None:
     """A cells document (``cells_document``) written as YAML, atomically."""
     write_text_atomic(Path(path), yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
-
-
-def write_cells(table: TablePlan, path: str | Path) -> None:
-    """The cells file of ``table`` at ``path``."""
-    write_cells_document(cells_document(table, path), path)

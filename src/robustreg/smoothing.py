@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from robustreg.io import ResumableLog, image_ids
 
-__all__ = ["ProgressLog", "certify_counts", "image_generator", "sample_counts"]
+__all__ = ["ProgressLog", "certify_counts", "image_generator", "indexed_device", "sample_counts"]
 
 
 def indexed_device(device: torch.device | str) -> torch.device:
