@@ -14,12 +14,12 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 quick: $(STAMP)
-	. $(VENV)/bin/activate && snakemake --cores $(CORES) \
-	  --workflow-profile workflow/profiles/default \
-	  reports/table2_mnist.md --configfile config/quick.yaml
+	. $(VENV)/bin/activate && snakemake reports/table2_mnist.md --cores $(CORES) \
+	  --configfile config/quick.yaml
 
 test: $(STAMP)
 	. $(VENV)/bin/activate && pytest -q --durations=25
 
 lint: $(STAMP)
-	. $(VENV)/bin/activate && ruff check src tests workflow benchmarks && snakemake --lint
+	. $(VENV)/bin/activate && ruff check src tests workflow benchmarks && snakefmt --check Snakefile workflow \
+	  && snakemake --lint

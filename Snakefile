@@ -5,6 +5,7 @@ resources; the logic lives in src/robustreg, where it is tested.
 """
 
 import json
+import os
 import re
 import shlex
 import sys
@@ -24,6 +25,7 @@ shell.prefix(
 )
 
 from robustreg.plan import ConfigError, cells_document, make_plan, validate_config  # noqa: E402
+from robustreg.resources import runtime_for, scaled, stage_request  # noqa: E402
 from robustreg.tables.spec import specs_dir  # noqa: E402
 
 min_version("9.0")
@@ -45,12 +47,17 @@ except ConfigError as err:
 include: "workflow/rules/common.smk"
 
 
+ID = r"[A-Za-z0-9][A-Za-z0-9_.=-]*"
+
+
+# Ids are made by robustreg.plan from checked names and hashes; a path with any other
+# character matches no rule, so it can never reach a job's command line.
 wildcard_constraints:
-    dataset=r"[^/]+",
-    exp=r"[^/]+",
-    cert=r"[^/]+",
-    attack=r"[^/]+",
-    bounds=r"[^/]+",
+    dataset=ID,
+    exp=ID,
+    cert=ID,
+    attack=ID,
+    bounds=ID,
     table=names_pattern(PLAN.tables),
     figure=names_pattern(PLAN.figures),
     paper=names_pattern(PLAN.papers),
@@ -65,6 +72,10 @@ include: "workflow/rules/tables.smk"
 
 
 rule all:
+    default_target: True
     input:
         expand("reports/{name}.md", name=[*PLAN.tables, *PLAN.figures, *PLAN.papers]),
-    default_target: True
+
+
+onerror:
+    withdraw_stale_reports(workflow.dag)

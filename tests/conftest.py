@@ -28,7 +28,7 @@ def workflow_copy(dest: Path) -> Path:
     """The workflow's files in a scratch folder, so runs never touch the checkout's results."""
     for name in ("Snakefile", "config.yaml"):
         shutil.copy(REPO / name, dest / name)
-    for name in ("workflow", "config", "envs"):
+    for name in ("workflow", "config", "envs", "profiles"):
         shutil.copytree(REPO / name, dest / name)
     shutil.copy(REPO / "tests" / "micro.yaml", dest / "micro.yaml")
     return dest
@@ -97,6 +97,31 @@ def micro_run(tmp_path_factory) -> Path:
     workdir = workflow_copy(tmp_path_factory.mktemp("micro"))
     snakemake(workdir, "--cores", "2", "reports/consistency.md", "--configfile", "micro.yaml")
     return workdir
+
+
+def lenet_experiment(epochs: int = 2, **schedule) -> dict:
+    """A resolved experiment: Gaussian training of LeNet on a synthetic MNIST-shaped split,
+    ``schedule`` overriding the small default schedule."""
+    return {
+        "data": {"dataset": "synthetic", "train_limit": None},
+        "arch": "lenet_mnist",
+        "num_classes": 10,
+        "method": "gaussian",
+        "params": {},
+        "sigma": 0.25,
+        "schedule": {
+            "epochs": epochs,
+            "batch_size": 16,
+            "lr": 0.01,
+            "momentum": 0.9,
+            "nesterov": True,
+            "weight_decay": 1e-4,
+            "lr_milestones": [1],
+            "lr_gamma": 0.1,
+        }
+        | schedule,
+        "seed": 0,
+    }
 
 
 def same_weights(a: Path, b: Path) -> bool:

@@ -32,6 +32,7 @@ from robustreg.attacks.suite import (
 )
 from robustreg.cli import main
 from robustreg.data import save_split
+from robustreg.io import Expected
 from robustreg.models import create_model
 from robustreg.train import MODEL_FORMAT
 
@@ -409,6 +410,28 @@ def test_a_progress_file_of_another_attack_is_discarded(tmp_path, capsys):
     assert "discarded, it is from a different run (attack differ)" in capsys.readouterr().err
 
 
+def test_outcome_records_that_do_not_fit_the_job_are_discarded(tmp_path, capsys):
+    path, result = tmp_path / "partial.jsonl", _result(4)  # images 0, 3, 6, 9
+    with OutcomeLog(path, {"attack": {"kind": "pgd", "eps": 0.1}}) as log:
+        log.resume()
+        log.append(result)
+    header, *lines = path.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    records[0]["idx"] = 1  # not a selected image
+    records[1]["label"] = (records[1]["label"] + 1) % 10
+    records[2]["adversarial"] = 10  # a class the model does not have
+    path.write_text("\n".join([header, *map(json.dumps, records)]) + "\n")
+    expected = Expected.images(result["idx"], result["label"], 10)
+    with OutcomeLog(path, {"attack": {"kind": "pgd", "eps": 0.1}}) as log:
+        assert log.resume(expected)["idx"].tolist() == [9]
+    assert capsys.readouterr().err.splitlines()[:3] == [
+        f"{path}: line 2 does not fit this job (image outside its selection); discarded",
+        f"{path}: line 3 does not fit this job (label other than the selected image's); discarded",
+        f"{path}: line 4 does not fit this job (a prediction outside the model's 10 classes); "
+        "discarded",
+    ]
+
+
 # --- the attack command ------------------------------------------------------------------------
 
 
@@ -457,6 +480,7 @@ def test_cli_writes_outcomes_and_resumes_after_a_kill(tmp_path, monkeypatch, cap
     summary = json.loads((full / "attack.json").read_text())
     assert summary["attack"] == resolve_attack(json.loads(PGD_JSON))
     assert summary["library"] == "robustreg" and summary["images"] == 10
+    assert summary["idx"] == list(range(0, 20, 2))  # what the table stage checks the log by
     assert summary["library_version"] == importlib.metadata.version("robustreg")
     assert len(summary["model_sha256"]) == 64
 
@@ -479,6 +503,36 @@ def test_cli_writes_outcomes_and_resumes_after_a_kill(tmp_path, monkeypatch, cap
     resumed = read_outcomes(killed / "outcomes.tsv")
     columns = [c for c in OUTCOME_COLUMNS if c != "time"]
     assert resumed[columns].equals(frame[columns])
+
+
+def test_cli_attacks_again_an_image_whose_record_has_another_label(tmp_path, monkeypatch, capsys):
+    # A record of a selected image with another label (a forged or foreign line) is discarded
+    # and the image attacked again, where run_attack would refuse the whole file every rerun.
+    model, lenet = _save_lenet(tmp_path / "model.pt")
+    data = _test_split(tmp_path / "test.npz", lenet, 20)
+    assert main(_attack_args(model, data, tmp_path / "full")) == 0
+    append = OutcomeLog.append
+
+    def killed_after_first_batch(self, batch):
+        append(self, batch)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(OutcomeLog, "append", killed_after_first_batch)
+    with pytest.raises(KeyboardInterrupt):
+        main(_attack_args(model, data, tmp_path / "out"))
+    monkeypatch.setattr(OutcomeLog, "append", append)
+    partial = tmp_path / "out" / "partial.jsonl"
+    header, first, *rest = partial.read_text().splitlines()
+    forged = json.loads(first)
+    forged["label"] = (forged["label"] + 1) % 10
+    partial.write_text("\n".join([header, json.dumps(forged), *rest]) + "\n")
+    capsys.readouterr()
+
+    assert main(_attack_args(model, data, tmp_path / "out")) == 0
+    assert "line 2 does not fit this job (label other than" in capsys.readouterr().err
+    columns = [c for c in OUTCOME_COLUMNS if c != "time"]
+    resumed = read_outcomes(tmp_path / "out" / "outcomes.tsv")[columns]
+    assert resumed.equals(read_outcomes(tmp_path / "full" / "outcomes.tsv")[columns])
 
 
 def test_cli_bad_attack_key_fails_before_the_model_is_read(tmp_path, capsys):

@@ -327,10 +327,11 @@ def test_cli_writes_both_files_for_a_random_sample(tmp_path):
     assert sorted(summary) == sorted(
         ["format", "norm", "eps", "samples", "block", "top_k", "outputs", "clip", "seed",
          "batch_size", "skip", "max_images", "sample", "sample_seed", "lipschitz", "omega", "p",
-         "gev", "grad_norm_mean", "grad_norm_max", "blocks", "images", "seconds",
+         "gev", "grad_norm_mean", "grad_norm_max", "blocks", "images", "idx", "seconds",
          "model_sha256", "data_sha256", "device", "torch"]
     )  # fmt: skip
     assert (summary["images"], summary["blocks"], summary["sample"]) == (40, 10, 40)
+    assert summary["idx"] == positions.tolist()  # what the table stage checks bounds.tsv by
     assert summary["eps"] == [0.25, 0.5] and len(summary["omega"]) == 2
     assert len(summary["model_sha256"]) == 64 and summary["torch"] == torch.__version__
     # the command's numbers are the runner's and the summary's on the same images
@@ -380,9 +381,9 @@ def test_cli_bad_bounds_json_fails_first_in_one_line(tmp_path, capsys, spec, mes
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (("--sample", "46"), "--sample 46 --sample-seed 0: need a sample of 1 to 45"),
-        (("--sample", "0"), "--sample 0"),
-        (("--sample", "8", "--sample-seed", "-1"), "--sample 8 --sample-seed -1"),
+        (("--sample", "46"), "--sample 46: more than the 45 images --skip 2 leaves"),
+        (("--sample", "0"), "argument --sample: need 1 to 2147483647, got 0"),
+        (("--sample", "8", "--sample-seed", "-1"), "argument --sample-seed: need 0 to 4294967295"),
         (("--max-images", "30"), "block: 4 images per block must split the 30 images"),
     ],
 )

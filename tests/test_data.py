@@ -1,7 +1,10 @@
-"""CIFAR-10 preparation (synthetic, pre-staged, downloaded) and training-time augmentation."""
+"""CIFAR-10 preparation (synthetic, pre-staged, downloaded), MNIST's pre-staged raw files and
+training-time augmentation."""
 
 from __future__ import annotations
 
+import gzip
+import os
 import pickle
 import urllib.error
 
@@ -10,11 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from robustreg.cli import main
 from robustreg.data import (
     DataUnavailable,
     augment_batch,
     load_split,
     prepare_cifar10,
+    prepare_mnist,
     synthetic_cifar10,
 )
 
@@ -174,3 +179,104 @@ def test_synthetic_cifar_every_kth_image_mixes_the_classes():
     one class (it did while the labels cycled 0..9)."""
     _, y = synthetic_cifar10(100, 500, seed=0)["test"]
     assert len(np.unique(y[::10])) == 10
+
+
+# ------------------------------------------------------------------ pre-staged raw files
+
+
+def _idx(path, dims, payload=None, magic=None):
+    """An idx file of unsigned bytes (MNIST's raw format); ``payload`` replaces its bytes."""
+    header = (magic or bytes([0, 0, 8, len(dims)])) + b"".join(d.to_bytes(4, "big") for d in dims)
+    if payload is None:
+        payload = (np.arange(int(np.prod(dims))) % 10).astype(np.uint8).tobytes()
+    data = header + payload
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".gz":
+        data = gzip.compress(data)
+    path.write_bytes(data)
+
+
+def _stage_mnist(root, gz=""):
+    """torchvision's raw layout: 3 training and 2 test images, of 28 x 28."""
+    raw = root / "MNIST" / "raw"
+    for prefix, n in (("train", 3), ("t10k", 2)):
+        _idx(raw / f"{prefix}-images-idx3-ubyte{gz}", (n, 28, 28))
+        _idx(raw / f"{prefix}-labels-idx1-ubyte{gz}", (n,))
+    return raw
+
+
+@pytest.mark.parametrize("gz", ["", ".gz"])
+def test_prestaged_mnist_raw_files_become_splits(tmp_path, gz):
+    _stage_mnist(tmp_path / "staged", gz)
+    prepare_mnist("files", tmp_path / "out", files=tmp_path / "staged")
+    with np.load(tmp_path / "out" / "train.npz") as f:
+        assert f["x"].shape == (3, 1, 28, 28) and f["x"].dtype == np.uint8
+        assert f["y"].tolist() == [0, 1, 2] and f["y"].dtype == np.int64
+        assert f["x"][1, 0, 0, :3].tolist() == [4, 5, 6]  # 784 % 10 = 4: the second image
+    with np.load(tmp_path / "out" / "test.npz") as f:
+        assert f["x"].shape == (2, 1, 28, 28)
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "says"),
+    [
+        ("train-images-idx3-ubyte", lambda p: p.write_bytes(b"garbage" * 10), "not an MNIST idx"),
+        ("train-images-idx3-ubyte", lambda p: p.write_bytes(b""), "magic missing"),
+        ("train-labels-idx1-ubyte", lambda p: _idx(p, (3, 28, 28)), "magic 00000803, expected"),
+        ("t10k-images-idx3-ubyte", lambda p: _idx(p, (2, 32, 32)), "items of shape (32, 32)"),
+        ("t10k-images-idx3-ubyte", lambda p: _idx(p, (2, 28, 28), b"\0" * 1000), "truncated"),
+        ("t10k-labels-idx1-ubyte", lambda p: _idx(p, (2,), b"\0" * 3), "bytes after the last"),
+        ("train-images-idx3-ubyte", lambda p: _idx(p, (4, 28, 28)), "4 images, but"),
+        ("t10k-labels-idx1-ubyte", lambda p: _idx(p, (2,), b"\x01\x0a"), "label 10 is not"),
+        ("train-images-idx3-ubyte", lambda p: _idx(p, (9**6, 28, 28), b""), "truncated"),
+    ],
+)
+def test_garbled_mnist_raw_file_is_one_error_naming_it(tmp_path, capsys, name, write, says):
+    raw = _stage_mnist(tmp_path / "staged")
+    write(raw / name)
+    args = ["data", "--dataset", "mnist", "--source", "files", "--out-dir", str(tmp_path / "out")]
+    assert main([*args, "--files", str(tmp_path / "staged")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"robustreg data: error: {raw / name}: ") and err.count("\n") == 1
+    assert says in err
+    assert not (tmp_path / "out" / "train.npz").exists()
+
+
+def test_corrupt_gz_and_missing_mnist_files_are_named(tmp_path):
+    raw = _stage_mnist(tmp_path / "staged", ".gz")
+    packed = raw / "t10k-labels-idx1-ubyte.gz"
+    packed.write_bytes(packed.read_bytes()[:20])
+    with pytest.raises(ValueError, match=f"^{packed}: not readable"):
+        prepare_mnist("files", tmp_path / "out", files=tmp_path / "staged")
+    packed.unlink()
+    with pytest.raises(DataUnavailable) as err:
+        prepare_mnist("files", tmp_path / "out", files=tmp_path / "staged")
+    message = str(err.value)
+    assert str(raw / "t10k-labels-idx1-ubyte") in message and "data.mnist.files" in message
+
+
+class _Planted:
+    """A pickle that makes a folder when it is loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+def test_cifar_batch_that_is_not_the_published_file_is_named_and_never_unpickled(tmp_path):
+    folder = tmp_path / "staged" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    marker = tmp_path / "unpickled"
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (folder / name).write_bytes(pickle.dumps(_Planted(marker)))
+    with pytest.raises(ValueError) as err:
+        prepare_cifar10("files", tmp_path / "out", files=tmp_path / "staged")
+    assert str(err.value).startswith(f"{folder / 'data_batch_1'}: not the CIFAR-10 file")
+    assert not marker.exists()
+    (folder / "test_batch").unlink()
+    for name in [f"data_batch_{i}" for i in range(1, 6)]:
+        (folder / name).unlink()
+    with pytest.raises(DataUnavailable, match="data_batch_1"):
+        prepare_cifar10("files", tmp_path / "out", files=tmp_path / "staged")

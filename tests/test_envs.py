@@ -1,4 +1,4 @@
-"""The conda environment the rules declare pins what the package pins."""
+"""The conda environment the rules declare pins what CI installs, within the package's ranges."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import tomllib
 
 import yaml
 from conftest import REPO
+from packaging.requirements import Requirement
 
 # Run by Snakemake itself, outside the jobs' environment.
 OUTSIDE_JOBS = {"snakemake", "snakemake-executor-plugin-slurm"}
@@ -17,16 +18,22 @@ def _pins(requirements: list[str]) -> dict[str, str]:
     for req in requirements:
         match = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", req.strip())
         assert match, f"not an exact pin: {req!r}"
-        pins[match[1].lower()] = match[2]
+        pins[match[1].lower().replace("_", "-")] = match[2]
     return pins
 
 
-def test_conda_env_pins_the_package_dependencies():
+def test_conda_env_pins_what_ci_installs_within_the_package_ranges():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    ranges = {
+        (r := Requirement(text)).name.lower(): r.specifier for text in project["dependencies"]
+    }
+    constraints = _pins(
+        [line for line in (REPO / "constraints.txt").read_text().splitlines() if line.strip()]
+    )
     env = yaml.safe_load((REPO / "envs" / "robustreg.yaml").read_text())
-    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    wanted = {k: v for k, v in _pins(project["dependencies"]).items() if k not in OUTSIDE_JOBS}
-    assert _pins(pip) == wanted
+    pip = _pins(next(d["pip"] for d in env["dependencies"] if isinstance(d, dict)))
+    assert pip == {name: constraints[name] for name in ranges if name not in OUTSIDE_JOBS}
+    assert all(ranges[name].contains(version) for name, version in pip.items())
     python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python"))
     assert python == f"python={project['requires-python'].removeprefix('>=')}"
 

@@ -62,8 +62,8 @@ def specs(tmp_path: Path, **changes) -> Path:
 
 
 def cells_file(tmp_path: Path, table: str = "table2_mnist", banner: str | None = None) -> Path:
-    g = write_log(tmp_path / "logs" / "g.tsv", *LOG_G)
-    c = write_log(tmp_path / "logs" / "c.tsv", *LOG_C)
+    g = write_log(tmp_path / "tables" / "logs" / "g.tsv", *LOG_G)
+    c = write_log(tmp_path / "tables" / "logs" / "c.tsv", *LOG_C)
     doc: dict = {"table": table}
     if banner:
         doc["banner"] = banner
@@ -140,7 +140,7 @@ def test_render_figure_writes_pdf_png_markdown_and_latex(tmp_path):
         "; hollow markers of the same colour: the values published in Table 2 of the paper." in text
     )
     assert "curves only" not in text and "Line styles" not in text and "one colour per" not in text
-    assert f"- Gaussian, σ = 0.50: `{tmp_path / 'logs' / 'g.tsv'}`" in text
+    assert f"- Gaussian, σ = 0.50: `{tmp_path / 'tables' / 'logs' / 'g.tsv'}`" in text
     assert "MACER" not in text  # only the plotted rows' logs
     latex = tex.read_text()
     assert r"\includegraphics[width=\linewidth]{figures/fig_mnist.pdf}" in latex
@@ -377,9 +377,9 @@ def panel_specs(tmp_path: Path, paper: dict | None = None, **changes) -> Path:
 
 def panel_cells(tmp_path: Path) -> Path:
     """Both CIFAR-10 rows at both σ; ImageNet at σ = 0.50 only."""
-    g = write_log(tmp_path / "logs" / "g.tsv", *LOG_G)
-    c = write_log(tmp_path / "logs" / "c.tsv", *LOG_C)
-    i = write_log(tmp_path / "logs" / "i.tsv", *LOG_I)
+    g = write_log(tmp_path / "tables" / "logs" / "g.tsv", *LOG_G)
+    c = write_log(tmp_path / "tables" / "logs" / "c.tsv", *LOG_C)
+    i = write_log(tmp_path / "tables" / "logs" / "i.tsv", *LOG_I)
     cells = [
         {"row": "cifar_adre", "sigma": 0.25, "log": str(g)},
         {"row": "cifar_adre", "sigma": 0.5, "log": str(c)},
@@ -506,7 +506,10 @@ def test_panels_text_says_curves_only_and_names_the_line_styles(tmp_path):
         "dashed: SmoothAdv.\n"
     ) in text
     assert "hollow markers" not in text
-    assert f"- CIFAR-10, Method = SmoothAdv, σ = 0.25: `{tmp_path / 'logs' / 'c.tsv'}`" in text
+    assert (
+        f"- CIFAR-10, Method = SmoothAdv, σ = 0.25: `{tmp_path / 'tables' / 'logs' / 'c.tsv'}`"
+        in text
+    )
     caption = next(line for line in tex.read_text().splitlines() if line.startswith(r"\caption{"))
     assert (
         r"Lines: our certified accuracy (grid step 0.01), one colour per $\sigma$. The paper "
@@ -1011,7 +1014,7 @@ def test_package_gradreg_figure_renders_from_the_planned_cells_file(
     out = tmp_path / "reports"
     curves = render_figure(
         "figure1_gradreg", cells_path, out / "figures" / "f.pdf", out / "figures" / "f.png",
-        out / "f.md", out / "f.tex",
+        out / "f.md", out / "f.tex", logs_root=tmp_path / "results",
     )  # fmt: skip
     assert curves.groupby("panel").row.unique().map(list).to_dict() == {
         0: ["undefended", "at2", "at8", "l2_fd_01", "l2_fd_1"],

@@ -10,17 +10,19 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 
 import pytest
 import torch
 
 from robustreg import gpus
-from robustreg.gpus import NoGpuVisible, claim_device, visible_devices
+from robustreg.gpus import NoGpuVisible, UnsafeLockDir, claim_device, visible_devices
 from robustreg.train import pick_device
 
 # Claims a device (waiting for the start file, if named, so that the claims overlap), prints
@@ -138,10 +140,10 @@ def test_four_concurrent_processes_get_four_distinct_devices(lock_dir, spawn, tm
     claims = [child.claim() for child in children]
     assert sorted(c["key"] for c in claims) == ["0", "1", "2", "3"]
     assert all(c["position"] == int(c["key"]) for c in claims)
-    # Each lock file names its holder, for a human debugging; the directory is shared.
+    # Each lock file names its holder, for a human debugging; the folder is this user's alone.
     for child, c in zip(children, claims, strict=True):
         assert (lock_dir / f"{c['key']}.lock").read_text().startswith(f"pid {child.proc.pid} on ")
-    assert stat.S_IMODE(lock_dir.stat().st_mode) == 0o1777
+    assert stat.S_IMODE(lock_dir.stat().st_mode) == 0o700
 
 
 def test_fifth_process_waits_then_gets_the_freed_device(lock_dir, spawn):
@@ -263,6 +265,103 @@ def test_slurm_job_without_gpus_uses_the_machine_pool(lock_dir, monkeypatch):
     assert visible_devices(2) == ["0", "1"]
 
 
+# --- a lock folder another user could have prepared ------------------------------------------
+
+OTHER_UID = 54321  # no user of this machine: stands for another user's files
+
+
+@pytest.fixture
+def victim(tmp_path):
+    """A file of this user's that a planted lock must not touch."""
+    path = tmp_path / "victim.txt"
+    path.write_text("precious\n")
+    return path
+
+
+def _refused(pattern: str) -> None:
+    with pytest.raises(UnsafeLockDir, match=pattern) as err:
+        claim_device(1, timeout=0)
+    assert "\n" not in str(err.value)
+
+
+def test_default_folder_is_this_users_alone(lock_dir, monkeypatch, tmp_path, held):
+    monkeypatch.delenv(gpus.LOCK_DIR_ENV)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    held.append(claim_device(1, timeout=0))
+    own = tmp_path / f"robustreg-gpu-locks-{os.getuid()}"
+    assert held[0].path == own / "0.lock"
+    assert stat.S_IMODE(own.stat().st_mode) == 0o700
+
+
+def test_planted_symlink_lock_file_is_refused_untouched(lock_dir, victim):
+    lock_dir.mkdir(mode=0o700)
+    (lock_dir / "0.lock").symlink_to(victim)
+    _refused(rf"^{re.escape(str(lock_dir / '0.lock'))}: the GPU lock file is a symbolic link")
+    assert victim.read_text() == "precious\n"
+
+
+def test_hard_linked_lock_file_is_locked_but_never_written(lock_dir, victim, held):
+    lock_dir.mkdir(mode=0o700)
+    os.link(victim, lock_dir / "0.lock")
+    held.append(claim_device(1, timeout=0))
+    assert victim.read_text() == "precious\n"
+
+
+def test_fifo_lock_file_is_refused_without_waiting_for_a_writer(lock_dir):
+    lock_dir.mkdir(mode=0o700)
+    os.mkfifo(lock_dir / "0.lock")
+    _refused("0.lock: the GPU lock file is not a regular file")
+
+
+def test_symlinked_folder_is_refused_untouched(lock_dir, victim):
+    elsewhere = victim.parent / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    (elsewhere / "0.lock").symlink_to(victim)
+    lock_dir.symlink_to(elsewhere)
+    _refused(rf"^{re.escape(str(lock_dir))}: the GPU lock folder is a symbolic link")
+    assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "named", "says"),
+    [
+        (0o700, OTHER_UID, True, f"owned by uid {OTHER_UID}, not by this user"),
+        (0o1777, None, True, "writable by every user (mode 1777)"),
+        (0o777, OTHER_UID, True, "writable by every user (mode 777)"),
+        (0o770, None, False, "group-writable (mode 770), and not named by ROBUSTREG_GPU_LOCK"),
+        (0o2770, None, True, "group-writable but not sticky (mode 2770)"),
+    ],
+)
+def test_folder_another_user_can_change_is_refused(
+    lock_dir, monkeypatch, tmp_path, mode, owner, named, says
+):
+    if not named:
+        monkeypatch.delenv(gpus.LOCK_DIR_ENV)
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+        lock_dir = tmp_path / f"robustreg-gpu-locks-{os.getuid()}"
+    lock_dir.mkdir()
+    lock_dir.chmod(mode)
+    if owner is not None:
+        os.chown(lock_dir, owner, -1)
+    _refused(rf"^{re.escape(str(lock_dir))}: the GPU lock folder is {re.escape(says)}")
+    assert list(lock_dir.iterdir()) == []
+
+
+def test_group_folder_named_and_sticky_is_shared(lock_dir, held):
+    """Two users of one workstation share its GPUs through a folder of their group: another
+    member's lock file there is locked as it is, never written."""
+    lock_dir.mkdir()
+    lock_dir.chmod(0o3770)
+    os.chown(lock_dir, OTHER_UID, -1)
+    theirs = lock_dir / "0.lock"
+    theirs.write_text("pid 1 on elsewhere\n")
+    os.chown(theirs, OTHER_UID, -1)
+    held.append(claim_device(2, timeout=0))
+    assert held[0].key == "0" and theirs.read_text() == "pid 1 on elsewhere\n"
+    held.append(claim_device(2, timeout=0))  # a new lock file is ours, and says who holds it
+    assert (lock_dir / "1.lock").read_text().startswith(f"pid {os.getpid()} on ")
+
+
 @pytest.fixture
 def fake_cuda(monkeypatch):
     """torch believes in two GPUs; set_device calls are recorded; no process claim yet."""
@@ -270,6 +369,7 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", calls.append)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: [])  # no kernel check
     monkeypatch.setattr(gpus, "_PROCESS_CLAIM", None)
     yield calls
     if gpus._PROCESS_CLAIM is not None:

@@ -99,17 +99,23 @@ def _empty_class(root):
         image.unlink()
 
 
+def _file_for_root(root):
+    _drop(root)
+    root.write_bytes(b"not a folder")
+
+
 @pytest.mark.parametrize(
     ("breakage", "error", "where", "says"),
     [
         (_drop, DataUnavailable, "", "does not exist"),
+        (_file_for_root, DataUnavailable, "", "is not a folder"),
         (lambda root: _drop(root / "train"), DataUnavailable, "train", "no such folder"),
         (lambda root: _drop(root / "val"), DataUnavailable, "val", "no such folder"),
         (_flat_val, ValueError, "val", "sorted into class folders"),
         (_rename_class, ValueError, "", "only in train/: n03; only in val/: n04"),
         (_empty_class, ValueError, "train/n01", "no image file"),
     ],
-    ids=["no-root", "no-train", "no-val", "flat-val", "class-sets-differ", "empty-class"],
+    ids=["no-root", "root-file", "no-train", "no-val", "flat-val", "class-sets", "empty-class"],
 )
 def test_bad_folders_are_refused_in_one_line_naming_the_path(
     tmp_path, folder, breakage, error, where, says

@@ -430,3 +430,146 @@ def test_cells_command_refuses_a_bad_document_in_one_line(tmp_path, capsys, argu
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"robustreg cells: error: {message}") and "\n" not in err
     assert not (tmp_path / "c.yaml").exists()
+
+
+# ------------------------------------------------------------ hostile and absurd config values
+
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def refused(config: dict) -> str:
+    """The one-line ConfigError that planning ``config`` gives, as the Snakefile plans it."""
+    with pytest.raises(ConfigError) as err:
+        validate_config(config, SCHEMA)
+        make_plan(config)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("overlay", "where"),
+    [
+        (
+            {"tables": {"table2_mnist": {"arch": "lenet_mnist$(touch PWNED)"}}},
+            "tables.table2_mnist",
+        ),
+        (
+            {"tables": {"table1_adre": {"rows": {"imagenet_basic": {"arch": "x; touch PWNED"}}}}},
+            "tables.table1_adre.rows.imagenet_basic",
+        ),
+        ({"tables": {"table1_atent": {"arch": "resnet18"}}}, "tables.table1_atent"),
+    ],
+)
+def test_arch_is_one_of_the_registered_architectures(overlay, where):
+    # the arch is part of the experiment id, a folder name and a shell word
+    message = refused(merged(overlay))
+    assert message.startswith(f"{where}.arch: ") and "is not one of [" in message
+    assert "'lenet_mnist'" in message and "'cifar_resnet110'" in message
+
+
+def test_schema_lists_exactly_the_registered_architectures():
+    import timm
+
+    import robustreg.models  # noqa: F401  (registers them)
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    registered = {
+        name
+        for name in timm.list_models()
+        if timm.models.model_entrypoint(name).__module__.startswith("robustreg.models.")
+    }
+    assert set(schema["$defs"]["arch"]["enum"]) == registered
+
+
+@pytest.mark.parametrize(
+    ("overlay", "where"),
+    [
+        ({"papers": {"x$(touch PWNED)": {"title": "t", "reports": ["table2_mnist"]}}}, "papers"),
+        ({"tables": {"../t": {"rows_from": "table2_mnist", "seeds": [0]}}}, "tables"),
+        ({"schedules": {"a b": {}}}, "schedules"),
+        ({"certify": {"-n": {}}}, "certify"),
+        ({"evaluation": {"e;": {}}}, "evaluation"),
+        ({"attacks": {"a/b": {"kind": "none"}}}, "attacks"),
+        ({"bounds": {"`b`": {"norm": "l2", "eps": [1.0]}}}, "bounds"),
+        ({"tables": {"table2_mnist": {"spec": "../../x"}}}, "tables.table2_mnist.spec"),
+        ({"tables": {"table3_mnist_seeds": {"rows_from": "t$x"}}}, "tables.table3_mnist_seeds"),
+        ({"tables": {"table2_mnist": {"schedule": "m n"}}}, "tables.table2_mnist.schedule"),
+        (
+            {"tables": {"table1_atent": {"rows": {"sgd": {"evaluation": "e|x"}}}}},
+            "tables.table1_atent.rows.sgd.evaluation",
+        ),
+    ],
+)
+def test_names_are_letters_digits_and_underscores(overlay, where):
+    message = refused(merged(overlay))
+    assert message.startswith(where) and "does not match '^[A-Za-z0-9][A-Za-z0-9_]*$'" in message
+
+
+@pytest.mark.parametrize(
+    ("typed", "message"),
+    [
+        # as a user writes them (PyYAML reads 1e23 and 1.0e23 as strings, 1.0e+23 as a float)
+        ("tables: {table2_mnist: {sigmas: [0.25, .inf]}}", "tables.table2_mnist.sigmas[1]: inf"),
+        ("certify: {mnist: {alpha: .nan}}", "certify.mnist.alpha: nan is not a finite number"),
+        ("attacks: {pgd40_l2_mnist: {eps: .nan}}", "attacks.pgd40_l2_mnist.eps: nan is not"),
+        ("tables: {table2_mnist: {rows: {macer: {params: {lbd: -.inf}}}}}", "tables.table2_"),
+        ("seed: 1e23", "seed: '1e23' is not of type 'integer'"),
+        ("seed: 1.0e+23", "seed: 1e+23 is not of type 'integer'"),
+        ("seed: 100000000000000000000000", "seed: 100000000000000000000000 is greater than"),
+        ("seed: 4294967296", "seed: 4294967296 is greater than the maximum of 4294967295"),
+        ("tables: {table3_mnist_seeds: {seeds: [0, -1]}}", "tables.table3_mnist_seeds.seeds[1]"),
+        ("schedules: {mnist: {batch_size: 1e12}}", "schedules.mnist.batch_size: '1e12' is not"),
+        (
+            "schedules: {mnist: {batch_size: 1.0e+12}}",
+            "schedules.mnist.batch_size: 1000000000000.0",
+        ),
+        ("schedules: {mnist: {batch_size: 1000000000000}}", "schedules.mnist.batch_size: 100000"),
+        ("schedules: {mnist: {epochs: 3.0}}", "schedules.mnist.epochs: 3.0 is not of type"),
+        ("certify: {mnist: {batch_size: 2000000}}", "certify.mnist.batch_size: 2000000 is greater"),
+        ("certify: {mnist: {n: 1000000000000}}", "certify.mnist.n: 1000000000000 is greater than"),
+        ("certify: {mnist: {n0: 100000001}}", "certify.mnist.n0: 100000001 is greater than"),
+        ("evaluation: {mnist: {skip: 100000000000000000000}}", "evaluation.mnist.skip: 10000"),
+        ("data: {imagenet: {resize: 100000}}", "data.imagenet.resize: 100000 is greater than"),
+        ("data: {mnist: {test_size: 5000}}", "data.mnist.test_size: 5000 is greater than"),
+    ],
+)
+def test_absurd_values_are_one_line_errors_before_any_job(typed, message):
+    assert refused(merged(yaml.safe_load(typed))).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("seed=1e23", "seed: 1e+23 is not of type 'integer'"),
+        ("seed=nan", "seed: nan is not a finite number"),
+        ("seed=3.0", "seed: 3.0 is not of type 'integer'"),
+    ],
+)
+def test_snakemake_config_arguments_are_checked_as_typed(argument, message):
+    from snakemake.cli import parse_config
+
+    # `snakemake --config seed=1e23` parses the value as Snakemake's own parser does
+    assert refused(merged(parse_config([argument]))) == message
+
+
+def test_ids_of_valid_configs_are_unchanged():
+    """Checks on names and values must not move an id: a new id retrains everything a user
+    has. These were computed before the checks existed."""
+    plan = make_plan(merged())
+    table2 = plan.tables["table2_mnist"].cells[0]
+    assert table2.certifications == (
+        "mnist-lenet_mnist-gaussian-s0.25-ffe23d415e/n100000-36d4d2cc7f",
+    )
+    assert plan.tables["table1_adre"].cells[0].certifications == (
+        "cifar10-cifar_resnet110-gaussian-s0.12-56beba614d/n100000-9f0171a0b5",
+    )
+    assert plan.tables["table1_atent"].cells[0].attacks["pgd40"] == (
+        "mnist-small_cnn_mnist-standard-51b9777e92/pgd40_l2_mnist-ad5aa554bf"
+    )
+    omega = plan.tables["table2_gradreg"].cells[0].files["omega"]
+    assert omega == (
+        "results/bounds/cifar10-resnext34_2x32_cifar-standard-c0be1408b2/gradreg_l2-097234f28e/"
+        "bounds.json",
+    )
+    quick = make_plan(merged(yaml.safe_load((REPO / "config" / "quick.yaml").read_text())))
+    assert "cifar10-cifar_resnet110-adre_adv-s0.25-1003bafeea" in quick.experiments

@@ -23,6 +23,7 @@ from conftest import same_weights
 
 from robustreg.cli import main
 from robustreg.data import save_split
+from robustreg.io import Expected
 from robustreg.models import create_model
 from robustreg.smoothing import ProgressLog, certify_counts
 from robustreg.train import MODEL_FORMAT
@@ -201,6 +202,74 @@ def test_a_progress_file_of_another_run_is_discarded(tmp_path, capsys, header, m
     assert json.loads(path.read_text().splitlines()[0])["identity"]["sigma"] == 0.5
 
 
+def test_records_that_do_not_fit_the_job_are_discarded_alone(tmp_path, capsys):
+    # Forged or foreign records, each with a well-formed line: a bad one is discarded on its
+    # own (one stderr line per reason, naming lines, not contents) and the lines after it kept.
+    images, path = _images(7), tmp_path / "partial.jsonl"
+    full = _certify(images)
+    _interrupted(images, path, after=4)
+    lines = path.read_text().splitlines(keepends=True)
+    records = [json.loads(line) for line in lines[1:]]
+    assert [r["idx"] for r in records] == [0, 3, 6, 9]
+    # image 3 claims 10x the samples drawn: all in its top class, an impossible radius
+    records[1]["counts"] = [0] * K
+    records[1]["counts"][records[1]["label"]] = 1300
+    extra = [
+        {**records[0], "idx": 1000},  # not an image of the selection
+        {**records[3], "idx": 12, "label": (4 + 1) % K},  # image 12 has label 4
+        {**records[3], "idx": 15, "counts0": [20] + [0] * 8, "counts": [130] + [0] * 8},
+        # image 18 as the full run sampled it: its group (18 alone) is not sampled again
+        {"idx": 18, "label": 6, "counts0": full["counts0"][6].tolist(),
+         "counts": full["counts"][6].tolist(), "seconds": 0.5},
+    ]  # fmt: skip
+    path.write_text(lines[0] + "".join(json.dumps(r) + "\n" for r in records + extra))
+    expected = Expected.images(
+        3 * np.arange(7), np.arange(7) % K, K, {"counts0": 20, "counts": 130}
+    )
+
+    sampled = []
+
+    def record(group):
+        sampled.append(group["idx"].tolist())
+        log.append(group)
+
+    with ProgressLog(path, IDENTITY) as log:
+        resumed = _certify(images, done=log.resume(expected), on_group=record)
+    err = capsys.readouterr().err.splitlines()
+    assert err[:4] == [
+        f"{path}: line 3 does not fit this job (counts not summing to the 130 samples drawn); "
+        "discarded",
+        f"{path}: line 6 does not fit this job (image outside its selection); discarded",
+        f"{path}: line 7 does not fit this job (label other than the selected image's); discarded",
+        f"{path}: line 8 is unreadable (every image must have the same number of classes); "
+        "discarded",
+    ]
+    assert f"{path}: resuming after 4 images sampled before" in err
+    assert sampled == [[0, 3], [12, 15]]
+    _assert_same_counts(resumed, full)
+
+
+def test_progress_lines_with_one_fault_are_named_in_one_message(tmp_path, capsys):
+    path = tmp_path / "partial.jsonl"
+    with ProgressLog(path, IDENTITY) as log:
+        log.resume()
+    header = path.read_text()
+    good = {"idx": 0, "label": 0, "counts0": [20] + [0] * 9, "counts": [130] + [0] * 9}
+    nine = json.dumps(good | {"counts0": [20] + [0] * 8, "counts": [130] + [0] * 8, "seconds": 1})
+    outside = [json.dumps(good | {"idx": 100 + i, "seconds": 1.0}) for i in range(7)]
+    path.write_text(header + "\n".join([nine, *outside, "not json", "{}"]) + "\n")
+    with ProgressLog(path, IDENTITY) as log:
+        assert log.resume(Expected.images([0], [0], K)) is None
+    assert capsys.readouterr().err.splitlines() == [
+        f"{path}: line 2 does not fit this job (not the model's 10 classes); discarded",
+        f"{path}: lines 3, 4, 5, 6, 7 and 2 more do not fit this job (image outside its "
+        "selection); discarded",
+        f"{path}: line 10 is unreadable (not a JSON line); discarded",
+        f"{path}: line 11 is unreadable (not an image record); discarded",
+    ]
+    assert path.read_text() == header  # the file restarts from what was kept
+
+
 # --- the certify command -------------------------------------------------------------------------
 
 
@@ -265,6 +334,38 @@ def test_cli_resumes_with_another_alpha_and_discards_progress_of_another_model(
     err = capsys.readouterr().err
     assert "discarded, it is from a different run (model_sha256 differ)" in err
     assert "resuming" not in err
+
+
+def test_cli_certifies_no_radius_from_a_forged_progress_record(tmp_path, monkeypatch, capsys):
+    model, data = _save_model(tmp_path / "model.pt", 0), _test_split(tmp_path / "test.npz", 8)
+    args = _certify_args(model, data, tmp_path / "c", "--n0", "20", "--n", "100")
+    full = tmp_path / "full"
+    assert main(_certify_args(model, data, full, "--n0", "20", "--n", "100")) == 0
+    append = ProgressLog.append
+
+    def killed_after_first_group(self, group):
+        append(self, group)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ProgressLog, "append", killed_after_first_group)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    monkeypatch.setattr(ProgressLog, "append", append)
+    partial = tmp_path / "c" / "partial.jsonl"
+    header, first, *rest = partial.read_text().splitlines(keepends=True)
+    forged = json.loads(first)
+    forged["counts"] = [0] * K
+    forged["counts"][forged["label"]] = 10**6  # "a million draws, all right": radius ~ 2.2
+    partial.write_text(header + json.dumps(forged) + "\n" + "".join(rest))
+    capsys.readouterr()
+
+    assert main(args) == 0
+    assert "(counts not summing to the 100 samples drawn); discarded" in capsys.readouterr().err
+
+    def without_time(path: Path) -> list[str]:
+        return [line.rsplit("\t", 1)[0] for line in path.read_text().splitlines()]
+
+    assert without_time(tmp_path / "c" / "certify.tsv") == without_time(full / "certify.tsv")
 
 
 # --- SIGKILL of a real process -------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The SLURM profile (workflow/profiles/slurm) against a real single-node SLURM started by
+"""The SLURM profile (profiles/slurm) against a real single-node SLURM started by
 scripts/local-slurm: micro Table 2's σ = 0.25 models with every train and certify job a SLURM
 job (seen by sacct with its rule's request), certifying exactly as the local run of micro_run.
 
@@ -17,15 +17,16 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, snakemake, workflow_copy
+from snakemake.utils import update_config
 
 from robustreg.certify import read_certify_log
+from robustreg.plan import make_plan
 from robustreg.tables.render import build_frame, load_cells
 
 SCRIPT = REPO / "scripts" / "local-slurm"
 TARGET = "reports/table2_mnist.md"
-# The test cluster has no GPUs: sbatch refuses --gpus, so the GPU request is turned off the
-# way a user of a GPU-less cluster would (the plugin then emits no GPU option at all).
-NO_GPU = {"resources": {"train": {"gpu": 0}, "certify": {"gpu": 0}}}
+# The test cluster has no GPUs; micro.yaml asks for none (gpu: 0), as a user of a GPU-less
+# cluster would, and the plugin then emits no GPU option at all.
 # One sigma of Table 2: six models, each a train and a certify job, are every kind of job the
 # profile submits; the other twelve would only repeat them (about five minutes of CI).
 ONE_SIGMA = {"tables": {"table2_mnist": {"sigmas": [0.25]}}}
@@ -77,14 +78,14 @@ def test_micro_table2_runs_as_slurm_jobs_and_matches_the_local_run(
 ):
     partition, account = slurm_cluster
     workdir = workflow_copy(tmp_path)
-    (workdir / "no_gpu.yaml").write_text(yaml.safe_dump(NO_GPU | ONE_SIGMA))
+    (workdir / "one_sigma.yaml").write_text(yaml.safe_dump(ONE_SIGMA))
     since = (datetime.now() - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S")
     proc = snakemake(
         workdir,
         TARGET,
         "--configfile",
         "micro.yaml",
-        "no_gpu.yaml",
+        "one_sigma.yaml",
         "--default-resources",
         f"slurm_account={account}",
         f"slurm_partition={partition}",
@@ -93,7 +94,7 @@ def test_micro_table2_runs_as_slurm_jobs_and_matches_the_local_run(
         # Poll sacct 1 s after a poll that saw a job end (plugin default 40 s, profile 20 s).
         "--slurm-init-seconds-before-status-checks",
         "1",
-        workflow_profile="workflow/profiles/slurm",
+        workflow_profile="profiles/slurm",
     )
     out = proc.stdout + proc.stderr
     run_id = re.search(r"SLURM run ID: (\S+)", out)
@@ -148,8 +149,72 @@ def test_micro_table2_runs_as_slurm_jobs_and_matches_the_local_run(
         local = read_certify_log(micro_run / log.relative_to(workdir)).drop(columns="time")
         assert ours.equals(local), log
     cells = Path("results") / "tables" / "table2_mnist.cells.yaml"
-    ours = build_frame(load_cells(workdir / cells))
-    local = build_frame(load_cells(micro_run / cells))
+    ours = build_frame(load_cells(workdir / cells, logs_root=workdir / "results"))
+    local = build_frame(load_cells(micro_run / cells, logs_root=micro_run / "results"))
     ours = ours[ours.ours.notna()].reset_index(drop=True)
     assert len(ours) == 6 * 12 and set(ours.group) == {0.25}  # 6 rows x (ACR + 11 radii)
     assert ours.equals(local[local.group == 0.25].reset_index(drop=True))
+
+
+# One training long enough to overrun a one-minute limit: 60 epochs of 4,000 MNIST images take
+# about two to three minutes here.
+SLOW_TRAINING = {
+    "data": {"mnist": {"train_limit": None}},
+    "schedules": {"mnist": {"epochs": 60, "lr_milestones": [30]}},
+    "resources": {"train": {"runtime": 1}},
+}
+
+
+def _experiment_of(workdir: Path, overlays: list[str], row: str, sigma: float) -> str:
+    """The id Snakemake will give Table 2's (row, sigma) model under these overlays."""
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    for name in overlays:
+        update_config(config, yaml.safe_load((workdir / name).read_text()))
+    cell = next(
+        c
+        for c in make_plan(config).tables["table2_mnist"].cells
+        if (c.row, c.sigma) == (row, sigma)
+    )
+    return cell.experiments[0]
+
+
+@pytest.mark.slow
+def test_a_training_stopped_at_its_time_limit_resumes_on_retry(slurm_cluster, tmp_path):
+    """SLURM stops the first attempt at its one-minute limit; the profile's retry asks for two
+    minutes and the training resumes from its checkpoint instead of starting over."""
+    partition, account = slurm_cluster
+    workdir = workflow_copy(tmp_path)
+    (workdir / "slow.yaml").write_text(yaml.safe_dump(SLOW_TRAINING))
+    exp = _experiment_of(workdir, ["micro.yaml", "slow.yaml"], "gaussian", 0.25)
+    since = (datetime.now() - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    proc = snakemake(
+        workdir,
+        f"results/models/{exp}/model.pt",
+        "--configfile",
+        "micro.yaml",
+        "slow.yaml",
+        "--default-resources",
+        f"slurm_account={account}",
+        f"slurm_partition={partition}",
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        workflow_profile="profiles/slurm",
+    )
+    out = proc.stdout + proc.stderr
+    run_id = re.search(r"SLURM run ID: (\S+)", out)[1]
+    trains = [
+        job
+        for job in sacct("--name", run_id, "--starttime", since)
+        if job["Comment"] == f"rule_train_wildcards_{exp}"
+    ]
+    trains.sort(key=lambda job: int(job["JobIDRaw"]))
+    assert len(trains) >= 2, trains
+    assert trains[0]["State"] == "TIMEOUT" and trains[-1]["State"] == "COMPLETED", trains
+    # attempt k asks for k minutes
+    limits = [job["Timelimit"] for job in trains]
+    assert limits == [str(timedelta(minutes=k)).zfill(8) for k in range(1, len(trains) + 1)]
+    log = (workdir / "logs" / "train" / f"{exp}.log").read_text()
+    resumed = re.search(r"resuming .* after epoch (\d+)", log)
+    assert resumed and int(resumed[1]) >= 1, log
+    history = (workdir / "results" / "models" / exp / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 60

@@ -193,7 +193,10 @@ def test_group_value_spelling_and_relative_log_paths(tmp_path, monkeypatch):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # relative to the cells file, not the working directory
-    frame = render_table(cells_path, tmp_path / "t.md", tmp_path / "t.tex")
+    # the workflow's layout: cells files in results/tables/ read logs elsewhere in results/
+    frame = render_table(
+        cells_path, tmp_path / "t.md", tmp_path / "t.tex", logs_root=tmp_path / "results"
+    )
     assert value(frame, "macer", 0.5, "acr") == pytest.approx(0.225)
     md = (tmp_path / "t.md").read_text()
     assert md_row(md, 1, "MACER")[0] == "<u>0.225</u> (1.594)"

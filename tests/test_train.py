@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import same_weights, train_killed_then_resumed
+from conftest import lenet_experiment, same_weights, train_killed_then_resumed
 
 from robustreg.cli import main
 from robustreg.data import DataUnavailable, load_split, prepare_mnist
@@ -14,26 +14,7 @@ from robustreg.train import TrainingDiverged, load_model, train
 
 
 def experiment(**schedule) -> dict:
-    return {
-        "data": {"dataset": "synthetic", "train_limit": None},
-        "arch": "lenet_mnist",
-        "num_classes": 10,
-        "method": "gaussian",
-        "params": {},
-        "sigma": 0.25,
-        "schedule": {
-            "epochs": 2,
-            "batch_size": 16,
-            "lr": 0.01,
-            "momentum": 0.9,
-            "nesterov": True,
-            "weight_decay": 1e-4,
-            "lr_milestones": [1],
-            "lr_gamma": 0.1,
-        }
-        | schedule,
-        "seed": 0,
-    }
+    return lenet_experiment(**({"epochs": 2} | schedule))
 
 
 def test_training_writes_a_loadable_model_and_history(tmp_path, synthetic_split):

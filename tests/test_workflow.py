@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import planned_jobs, snakemake
+from conftest import NO_SLURM, planned_jobs, snakemake
+from snakemake.utils import update_config
+
+from robustreg.plan import make_plan
 
 TARGET = "reports/table2_mnist.md"
 
@@ -70,14 +78,24 @@ def test_two_tables_asking_for_the_same_models_share_them(workdir):
         ({"certify": {"mnist": {"alpah": 0.01}}}, "alpah"),
         ({"schedules": {"mnist": {"epochs": -1}}}, "epochs"),
         ({"tables": {"table2_mnist": {"rows": {"macer": {"params": {"gama": 8}}}}}}, "gama"),
+        # strings that reach an id, a path or a command line
+        ({"tables": {"table2_mnist": {"arch": "lenet_mnist$(touch PWNED)"}}}, "arch"),
+        ({"certify": {"mnist;touch PWNED": {"n": 1}}}, "certify"),
+        ({"tables": {"table2_mnist": {"sigmas": [float("inf")]}}}, "sigmas"),
+        ({"certify": {"mnist": {"alpha": float("nan")}}}, "alpha"),
+        ({"seed": 10**23}, "seed"),
+        ({"certify": {"mnist": {"batch_size": 10**12}}}, "batch_size"),
     ],
 )
 def test_bad_config_is_refused_before_any_job_naming_the_key(workdir, content, key):
     name = overlay(workdir, "bad.yaml", content)
     proc = snakemake(workdir, "--cores", "1", TARGET, "--configfile", name, check=False)
+    out = proc.stderr + proc.stdout
     assert proc.returncode != 0
-    assert key in proc.stderr + proc.stdout
+    assert "config error: " in out and key in out, out
+    assert "Traceback" not in out
     assert not (workdir / "results").exists()
+    assert not (workdir / "PWNED").exists()
 
 
 def test_missing_required_key_is_named(workdir):
@@ -183,3 +201,86 @@ def test_html_report_holds_every_table_and_figure(micro_run):
     # the captions under workflow/report/ were rendered, with their wildcards filled in
     assert "certified accuracy against radius" in report
     assert "scale: micro" in report
+
+
+@pytest.mark.slow
+def test_a_failed_cell_job_withdraws_the_report_it_leaves_stale(micro_run, tmp_path):
+    """A diverged training under --keep-going leaves its table unrendered: the report of the
+    earlier run must not stay in reports/ looking current."""
+    workdir = tmp_path / "run"
+    shutil.copytree(micro_run, workdir, symlinks=True)
+    report = workdir / TARGET
+    assert report.exists()
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    update_config(config, yaml.safe_load((workdir / "micro.yaml").read_text()))
+    diverging = config["schedules"]["mnist"] | {"lr": 1.0e12}
+    name = overlay(
+        workdir,
+        "diverge.yaml",
+        {
+            "schedules": {"mnist_diverging": diverging},
+            "tables": {"table2_mnist": {"rows": {"gaussian": {"schedule": "mnist_diverging"}}}},
+        },
+    )
+    proc = snakemake(
+        workdir,
+        TARGET,
+        "--cores",
+        "2",
+        "--keep-going",
+        "--configfile",
+        "micro.yaml",
+        name,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "diverged, no model written" in "".join(
+        p.read_text() for p in (workdir / "logs" / "train").glob("*.log")
+    )
+    assert "removed reports/table2_mnist.md, reports/table2_mnist.tex" in out, out
+    assert not report.exists() and not report.with_suffix(".tex").exists()
+
+
+@pytest.mark.slow
+def test_killed_snakemake_costs_a_finished_training_seconds_not_a_retraining(workdir):
+    """kill -9 of Snakemake while a training runs: the training finishes unseen, Snakemake's
+    --rerun-incomplete then deletes its model and runs it again, and the job rewrites the
+    model from its final checkpoint without training an epoch."""
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    update_config(config, yaml.safe_load((workdir / "micro.yaml").read_text()))
+    long = {"schedules": {"mnist": {"epochs": 40}}}
+    update_config(config, long)
+    name = overlay(workdir, "long.yaml", long)
+    cells = make_plan(config).tables["table2_mnist"].cells
+    exp = next(c for c in cells if (c.row, c.sigma) == ("gaussian", 0.25)).experiments[0]
+    folder = workdir / "results" / "models" / exp
+    target = f"results/models/{exp}/model.pt"
+    args = [target, "--cores", "1", "--configfile", "micro.yaml", name]
+    env = dict(
+        os.environ,
+        PATH=f"{NO_SLURM}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
+    command = [sys.executable, "-m", "snakemake", "--workflow-profile", "none", *args]
+    run = subprocess.Popen(
+        command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while not (folder / "checkpoint.pt").exists():  # the first epoch is done
+        assert run.poll() is None and time.monotonic() < deadline, "training never started"
+        time.sleep(0.2)
+    run.kill()
+    run.wait()
+    while not (folder / "model.pt").exists():  # the orphaned job finishes by itself
+        assert time.monotonic() < deadline, "the orphaned training did not finish"
+        time.sleep(0.5)
+    time.sleep(1)
+    finished = (folder / "model.pt").read_bytes()
+
+    snakemake(workdir, *args, "--unlock")  # a killed Snakemake leaves its lock behind
+    proc = snakemake(workdir, *args, "--rerun-incomplete")
+    out = proc.stdout + proc.stderr
+    assert "rule train:" in out, out  # Snakemake did rerun it ...
+    log = (workdir / "logs" / "train" / f"{exp}.log").read_text()
+    assert "restored model.pt and history.csv from the final checkpoint, no epoch trained" in log
+    assert (folder / "model.pt").read_bytes() == finished  # ... in seconds, to the same model

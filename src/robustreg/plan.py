@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,19 +141,49 @@ def dataset_id(name: str, data_cfg: dict) -> str:
     return name + views
 
 
+# JSON Schema counts 1.0 as an integer, and Snakemake's --config seed=1e23 gives that float:
+# a setting the schema declares an integer must be an int (bool is not one either).
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+    ),
+)
+
+
 def validate_config(config: dict, schema_path: str | Path) -> None:
     """Check ``config`` against the JSON schema; the error is one line naming the key path.
 
     Used instead of ``snakemake.utils.validate``, whose message puts the offending key
-    several lines below a generic sentence.
+    several lines below a generic sentence. Every number anywhere in the config must be
+    finite, settings the schema leaves to their own checkers (attacks, bounds, params)
+    included: YAML's ``.nan`` and ``.inf`` pass every comparison a schema can state.
     """
+    for path, value in _numbers(config):
+        if not math.isfinite(value):
+            raise ConfigError(f"{_key_path(path)}: {value} is not a finite number")
     schema = yaml.safe_load(Path(schema_path).read_text())
-    error = jsonschema.exceptions.best_match(
-        jsonschema.Draft202012Validator(schema).iter_errors(config)
-    )
+    error = jsonschema.exceptions.best_match(_Validator(schema).iter_errors(config))
     if error is not None:
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-        raise ConfigError(f"{where.lstrip('.') or 'config'}: {error.message}")
+        raise ConfigError(f"{_key_path(error.absolute_path)}: {error.message}")
+
+
+def _numbers(obj, path: tuple = ()):
+    """(key path, value) of every float in ``obj``'s mappings and lists, depth first."""
+    if isinstance(obj, float):
+        yield path, obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _numbers(value, (*path, key))
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            yield from _numbers(value, (*path, i))
+
+
+def _key_path(path) -> str:
+    """``tables.t2.sigmas[1]`` for the path ("tables", "t2", "sigmas", 1); ``config`` if empty."""
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+    return where.lstrip(".") or "config"
 
 
 def make_plan(config: dict) -> Plan:

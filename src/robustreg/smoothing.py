@@ -21,6 +21,7 @@ A long run is resumable: ``ProgressLog`` appends each image's counts as they are
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from robustreg.io import ResumableLog, image_ids
+from robustreg.io import Expected, ResumableLog, image_ids
 
 __all__ = ["ProgressLog", "certify_counts", "image_generator", "indexed_device", "sample_counts"]
 
@@ -350,6 +351,9 @@ class ProgressLog(ResumableLog):
     A ``robustreg.io.ResumableLog``: after ``{"identity": ...}``, which names everything the
     counts depend on, one ``{"idx", "label", "counts0", "counts", "seconds"}`` per image.
     ``resume`` returns the earlier run's complete images for ``certify_counts(done=...)``;
+    given an ``Expected`` with ``samples={"counts0": n0, "counts": n}``, only those of selected
+    images with their labels, ``num_classes`` counts and n0 and n samples (a record that
+    claims more samples than were drawn would certify a radius the draws cannot give).
     ``append`` is its ``on_group``; ``remove`` the file once the results are written.
     """
 
@@ -363,6 +367,15 @@ class ProgressLog(ResumableLog):
     def _check(self, record: object, previous: dict | None) -> None:
         # every image of a run has as many counts as the first
         _check_record(record, None if previous is None else len(previous["counts"]))
+
+    def _misfit(self, record: dict, expected: Expected) -> str | None:
+        why = super()._misfit(record, expected)
+        if why is None and len(record["counts"]) != expected.num_classes:
+            why = f"not the model's {expected.num_classes} classes"
+        for key, total in expected.samples.items():
+            if why is None and sum(record[key]) != total:
+                why = f"{key} not summing to the {total} samples drawn"
+        return why
 
 
 def _record(idx, label, counts0, counts, seconds) -> dict:
@@ -379,14 +392,16 @@ def _check_record(record: dict, classes: int | None) -> None:
     """Raise ValueError unless ``record`` is an image line (with ``classes`` counts if given)."""
     if not isinstance(record, dict) or sorted(record) != sorted(ProgressLog.KEYS):
         raise ValueError("not an image record")
-    if not all(isinstance(record[k], int) for k in ("idx", "label")):
+    # JSON gives exactly int and float; bool, a subclass of int, is not a count
+    if not all(type(record[k]) is int for k in ("idx", "label")):
         raise ValueError("idx and label must be integers")
     c0, c = record["counts0"], record["counts"]
     if not (isinstance(c0, list) and isinstance(c, list) and len(c0) == len(c) > 0):
         raise ValueError("counts0 and counts must be lists of equal length")
     if classes is not None and len(c) != classes:
         raise ValueError("every image must have the same number of classes")
-    if not all(isinstance(v, int) and v >= 0 for v in c0 + c):
+    if not all(type(v) is int and v >= 0 for v in c0 + c):
         raise ValueError("counts must be non-negative integers")
-    if not isinstance(record["seconds"], int | float):
-        raise ValueError("seconds must be a number")
+    seconds = record["seconds"]
+    if not (type(seconds) in (int, float) and math.isfinite(seconds) and seconds >= 0):
+        raise ValueError("seconds must be a number >= 0")

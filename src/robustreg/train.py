@@ -17,13 +17,33 @@ Entropy-SGD optimizer of its baseline rows (``optimizer: entropy_sgd``, see
 ``robustreg.optim``), and early stopping by validation robust accuracy (section 4: "We
 perform early stopping by tracking robust accuracies of validation set and report the best
 accuracy found"; ``early_stop``, see ``EarlyStop``).
+
+The files of an experiment's folder, beside ``model.pt`` and ``history.csv``:
+``checkpoint.pt`` is the last epoch's state, resumed from; ``checkpoint.prev.pt`` the
+epoch's before, resumed from when the last is found corrupt (a corrupt checkpoint is set
+aside, see ``robustreg.integrity``, never deleted). A finished training replaces both by
+``checkpoint.final.pt``, which ``model.pt`` and ``history.csv`` are written from, so that a
+rerun of the experiment finds them again in seconds, without training, when they were
+deleted (``snakemake --rerun-incomplete`` deletes a training's outputs when Snakemake was
+killed while it ran, even if it had finished), and, when nothing was deleted, writes the
+same files again. It is slim: the model file's record and the history, no optimizer state,
+no last-epoch weights beside an early-stopped model's, so about the size of ``model.pt``;
+and a copy, not a hard link, so that whatever overwrites ``model.pt`` in place cannot take
+it along. A checkpoint is used only by a run of its config and training data (the split
+file's SHA-256); one of another run is passed over. To train an experiment again, delete
+its folder.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import platform
+import sys
 import time
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +54,7 @@ from torch import nn
 from tqdm import tqdm
 
 from robustreg.data import open_training_images
+from robustreg.integrity import file_sha256, first_line, set_aside, set_aside_note
 from robustreg.io import atomic_path
 from robustreg.models import create_model
 from robustreg.objectives import StepContext, build_objective, keeps_state
@@ -47,28 +68,106 @@ from robustreg.schedule import (
 )
 
 MODEL_FORMAT = "robustreg-model/1"
+# what a model.pt holds beside its format, and a final checkpoint's copy of it
+MODEL_KEYS = ("arch", "num_classes", "config", "state_dict", "train_seconds", "device")
+CHECKPOINT = "checkpoint.pt"
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
+FINAL_CHECKPOINT = "checkpoint.final.pt"
 
 
 class TrainingDiverged(RuntimeError):
     """The loss stopped being finite; no model is written."""
 
 
-def pick_device(requested: str | None = None) -> torch.device:
+class NoUsableGpu(ValueError):
+    """A job that was given a GPU finds none it can use. A ValueError, so that the CLI stops
+    with one line (exit status 2) instead of training on the CPU for weeks."""
+
+
+def gpu_assignment(gpus: int | None, env: Mapping[str, str] | None = None) -> str | None:
+    """Why this job should run on a GPU, in words, or None if nothing gave it one.
+
+    ``gpus`` is the job's ``gpu`` resource as the rules pass it (``--gpus``); None when the
+    CLI runs by hand, where a SLURM GPU allocation or a ``CUDA_VISIBLE_DEVICES`` naming
+    devices says the same. ``gpus == 0`` asks for the CPU whatever the environment holds.
+    """
+    from robustreg.gpus import SLURM_GPU_ENVS
+
+    env = os.environ if env is None else env
+    if gpus is not None:
+        return f"its gpu resource is {gpus}" if gpus > 0 else None
+    if env.get("SLURM_JOB_ID"):
+        for name in SLURM_GPU_ENVS:
+            if env.get(name):
+                return f"SLURM allocated it GPUs ({name}={env[name]})"
+    visible = env.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if visible and not visible.startswith("-"):
+        return f"CUDA_VISIBLE_DEVICES={visible}"
+    return None
+
+
+def _no_usable_gpu(why: str) -> str | None:
+    """What keeps CUDA from running here, or None if a visible device can run this torch.
+
+    torch.cuda.is_available() is True on a GPU this build has no kernels for (the PyPI
+    wheels of recent releases dropped Volta, the papers' V100s): such a job would die at its
+    first kernel, so the device's compute capability is checked against the build's too.
+    """
+    build = f"torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        available = torch.cuda.is_available()
+    if not available:
+        said = next((str(w.message).strip().splitlines()[0] for w in caught), "")
+        return f"{why}, but {build}, finds no usable CUDA device" + (f" ({said})" if said else "")
+    archs = torch.cuda.get_arch_list()
+    for index in range(torch.cuda.device_count() if archs else 0):
+        major, minor = torch.cuda.get_device_capability(index)
+        # a build runs a device whose sm it ships, or compiles its PTX for a newer one
+        if f"sm_{major}{minor}" not in archs and not any(
+            arch.startswith("compute_") and int(arch[8:]) <= major * 10 + minor for arch in archs
+        ):
+            name = torch.cuda.get_device_name(index)
+            return (
+                f"{why}, but GPU {index} ({name}, compute capability {major}.{minor}) has no "
+                f"kernels in {build} (it has {' '.join(archs)}); install a torch build for it "
+                "(README: Hardware and cost)"
+            )
+    return None
+
+
+def pick_device(requested: str | None = None, gpus: int | None = None) -> torch.device:
     """The caller's device if it names one; else a GPU of this process's own; else the CPU.
 
     Several GPU jobs may run at once on one machine (``snakemake --resources gpu=4``), and
     nothing tells each which GPU is its own: the GPU comes from ``robustreg.gpus``' pool,
     held until the process ends. ``cuda:1`` is the caller's pick and bypasses the pool;
     plain ``cuda`` means "a GPU" and draws from it. CPU runs never touch the pool.
+
+    The CPU is used only when asked for (``cpu``, ``gpus=0``) or when nothing gave the job a
+    GPU (``gpu_assignment``): a job given one that finds no usable CUDA device raises
+    ``NoUsableGpu`` rather than run a paper-scale training on the CPU.
     """
-    from robustreg import gpus
+    from robustreg import gpus as pool
 
     device = torch.device(requested) if requested else None
-    if device is not None and (device.type != "cuda" or device.index is not None):
+    if device is not None and device.type not in ("cuda", "cpu"):
         return device
-    if not torch.cuda.is_available():
-        return device or torch.device("cpu")  # "cuda" without CUDA: torch's own error later
-    claim = gpus.process_claim(torch.cuda.device_count())
+    if device is None and gpus == 0:
+        return torch.device("cpu")
+    if device is not None and device.type == "cpu":
+        return device
+    why = "--device " + requested if device is not None else gpu_assignment(gpus)
+    if why is None:
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        why = "CUDA is present"
+    problem = _no_usable_gpu(why)
+    if problem is not None:
+        raise NoUsableGpu(problem + "; to run on the CPU set the stage's gpu: 0 or --device cpu")
+    if device is not None and device.index is not None:
+        return device
+    claim = pool.process_claim(torch.cuda.device_count())
     # Make it the current device too, so what runs on "the current GPU" (cuDNN and cuBLAS
     # handles, torch.cuda calls without a device) does not open a context on GPU 0,
     # another job's, at a few hundred MiB each.
@@ -77,8 +176,12 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` to ``path`` atomically. Through a file object: torch names the archive
+    inside after a path's file name, the temporary one's here, so that the same ``obj``
+    would give other bytes each time (and another ``model_sha256``, see
+    ``robustreg.cli``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def _recompute(objective, net: nn.Module, x, y, ctx: StepContext, optimizer, amp: bool):
@@ -126,7 +229,8 @@ def train(
     """Train the experiment ``config`` (a resolved experiment, see ``robustreg.plan``).
 
     Writes ``model.pt`` and ``history.csv`` into ``out_dir`` and returns the model path.
-    ``checkpoint.pt`` there is resumed from when its config matches. ``workers`` is the
+    A checkpoint there of this config and training data (see the module's docstring) is
+    resumed from, or, if final, gives both files without training. ``workers`` is the
     number of processes decoding image files of a folder split (tensor splits ignore it).
 
     With ``schedule.processes`` P > 1 this is one of P ranks of an initialized process group
@@ -172,6 +276,21 @@ def train(
         device=device,
         workers=workers,
     )
+    # what every checkpoint of this run holds, and is checked against before it is used
+    run = {"config": json.dumps(config, sort_keys=True), "data_sha256": file_sha256(train_split)}
+    resume_keys = _resume_keys(world, early_stop is not None, keeps_state(config["method"]))
+    start, ckpt = _load_checkpoint(out_dir, run, resume_keys, rank, world)
+    if start == FINAL_CHECKPOINT:
+        if rank == 0:
+            _write_results(out_dir, ckpt)
+            print(
+                f"{out_dir / start}: restored model.pt and history.csv from the final "
+                "checkpoint, no epoch trained (delete the folder to train again)",
+                file=sys.stderr,
+            )
+        if world > 1:
+            dist.barrier()  # every rank returns the path once the model is there
+        return out_dir / "model.pt"
     trained_on = None
     if early_stop is not None:
         if early_stop.val_images >= len(images):
@@ -205,26 +324,21 @@ def train(
     # early stopping: the best epoch so far (from 1), its score and its weights (CPU)
     best: dict | None = None
 
-    ckpt_path = out_dir / "checkpoint.pt"
-    config_json = json.dumps(config, sort_keys=True)
-    if ckpt_path.exists():
-        # On the CPU: RNG states must be CPU tensors, and load_state_dict moves the weights
-        # and the optimizer's state to the model's device.
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt.get("config") == config_json:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            shuffle.set_state(ckpt["shuffle_rng"])
-            rng = ckpt["rank_rng"][rank] if world > 1 else ckpt
-            torch.set_rng_state(rng["torch_rng"])
-            if device.type == "cuda":
-                torch.cuda.set_rng_state(rng["cuda_rng"])
-            history = json.loads(ckpt["history"])
-            start_epoch = ckpt["epoch"] + 1
-            best = ckpt.get("best")
-            if state is not None:
-                state = {k: v.to(device) for k, v in ckpt["objective_state"].items()}
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        shuffle.set_state(ckpt["shuffle_rng"])
+        rng = ckpt["rank_rng"][rank] if world > 1 else ckpt
+        torch.set_rng_state(rng["torch_rng"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda_rng"])
+        history = json.loads(ckpt["history"])
+        start_epoch = ckpt["epoch"] + 1
+        best = ckpt.get("best")
+        if state is not None:
+            state = {k: v.to(device) for k, v in ckpt["objective_state"].items()}
+        del ckpt  # host memory the run no longer needs: its state was copied above
 
     # What the objective calls. DDP averages the gradients of the ranks during backward. As
     # in NVIDIA's recipe that Feng et al. follow, batch-norm layers normalize each rank's
@@ -334,9 +448,9 @@ def train(
             dist.all_gather_object(every_rank, rng)
             rng = {"rank_rng": every_rank}
         if rank == 0:
-            atomic_save(
+            _save_checkpoint(
                 {
-                    "config": config_json,
+                    **run,
                     "epoch": epoch,
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -351,7 +465,7 @@ def train(
                         else {}
                     ),
                 },
-                ckpt_path,
+                out_dir,
             )
         if world > 1:
             dist.barrier()  # a rank killed from here on leaves a checkpoint of this epoch
@@ -359,28 +473,171 @@ def train(
         bar.update()
     bar.close()
 
-    model_path = out_dir / "model.pt"
     if rank == 0:
-        with atomic_path(out_dir / "history.csv") as tmp:
-            pd.DataFrame(history).to_csv(tmp, index=False)
         weights = model.state_dict() if best is None else best["state_dict"]
-        atomic_save(
-            {
-                "format": MODEL_FORMAT,
-                "arch": config["arch"],
-                "num_classes": config["num_classes"],
-                "config": config_json,
-                "state_dict": {k: v.cpu() for k, v in weights.items()},
-                **({"selected_epoch": best["epoch"]} if best is not None else {}),
-                "train_seconds": float(sum(row["seconds"] for row in history)),
-                "device": device_name(device, world),
-            },
-            model_path,
-        )
-        ckpt_path.unlink(missing_ok=True)
+        model_file = {
+            "format": MODEL_FORMAT,
+            "arch": config["arch"],
+            "num_classes": config["num_classes"],
+            "config": run["config"],
+            "state_dict": {k: v.cpu() for k, v in weights.items()},
+            **({"selected_epoch": best["epoch"]} if best is not None else {}),
+            "train_seconds": float(sum(row["seconds"] for row in history)),
+            "device": device_name(device, world),
+        }
+        final = {**run, "history": json.dumps(history), "model_file": model_file}
+        atomic_save(final, out_dir / FINAL_CHECKPOINT)
+        _write_results(out_dir, final)
     if world > 1:
         dist.barrier()  # every rank returns the path once the model is there
-    return model_path
+    return out_dir / "model.pt"
+
+
+def _resume_keys(world: int, early_stop: bool, keeps_state: bool) -> tuple[str, ...]:
+    """The keys a checkpoint needs for this run to resume from it."""
+    keys = ["epoch", "history", "model", "optimizer", "scheduler", "shuffle_rng"]
+    keys += ["rank_rng"] if world > 1 else ["torch_rng", "cuda_rng"]
+    keys += ["best"] if early_stop else []
+    keys += ["objective_state"] if keeps_state else []
+    return tuple(keys)
+
+
+def _load_checkpoint(
+    out_dir: Path, run: dict, resume_keys: tuple[str, ...], rank: int, world: int
+) -> tuple[str | None, dict | None]:
+    """Where this run starts: ``(FINAL_CHECKPOINT, final)`` when it finished before, else
+    ``(name, checkpoint)`` of the newest checkpoint to resume from, else ``(None, None)``.
+
+    A file of another run (``run``'s config or training data differ) is passed over, and
+    this run's checkpoints replace it; a corrupt one (unreadable, not a dict, without a key
+    it needs) is set aside. Each says so in a line on stderr.
+
+    Rank 0 alone reads and judges the files, and tells the other ranks which it chose;
+    they load it themselves (but not a final one: they have nothing to do then). Ranks
+    judging for themselves could disagree: one might find gone a file the other has just
+    set aside.
+    """
+    name, ckpt = None, None
+    if rank == 0:
+        passed_over = False
+        for candidate in (FINAL_CHECKPOINT, CHECKPOINT, PREVIOUS_CHECKPOINT):
+            path = out_dir / candidate
+            passed_over |= path.exists()
+            ckpt = _usable_checkpoint(path, run, resume_keys)
+            if ckpt is not None:
+                name = candidate
+                break
+        epochs = json.loads(run["config"])["schedule"]["epochs"]
+        if name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+            print(
+                f"{out_dir}: resuming from {name} after epoch {ckpt['epoch'] + 1} of {epochs}",
+                file=sys.stderr,
+            )
+        elif name is None and passed_over:
+            print(f"{out_dir}: no usable checkpoint, training from scratch", file=sys.stderr)
+    if world > 1:
+        chosen = [name]
+        dist.broadcast_object_list(chosen, src=0)
+        name = chosen[0]
+        if rank > 0 and name not in (None, FINAL_CHECKPOINT):
+            # On the CPU, as rank 0 read it: see _usable_checkpoint.
+            ckpt = torch.load(out_dir / name, map_location="cpu", weights_only=True)
+    return name, ckpt
+
+
+def _usable_checkpoint(path: Path, run: dict, resume_keys: tuple[str, ...]) -> dict | None:
+    """The checkpoint at ``path`` if this run can go on from it; None if there is none, if
+    it is another run's (said on stderr), or if it is corrupt (set aside, said on stderr).
+
+    Read onto the CPU: RNG states must be CPU tensors, and load_state_dict moves the
+    weights and the optimizer's state to the model's device.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        return None
+    except Exception as err:  # torch raises many types for a corrupt file, OSError among them
+        return _set_checkpoint_aside(path, first_line(err))
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), str):
+        return _set_checkpoint_aside(path, "not a checkpoint of a robustreg training")
+    # A missing data_sha256 passes: checkpoints written before it was recorded resume as
+    # they did then.
+    differ = [key for key, value in run.items() if ckpt.get(key, value) != value]
+    if differ:
+        print(
+            f"{path}: of another run ({' and '.join(differ)} differ), not resumed; this "
+            "run's checkpoints replace it",
+            file=sys.stderr,
+        )
+        return None
+    if path.name == FINAL_CHECKPOINT:
+        problem = _final_problem(ckpt)
+    else:
+        problem = _resume_problem(ckpt, resume_keys)
+    return ckpt if problem is None else _set_checkpoint_aside(path, problem)
+
+
+def _resume_problem(ckpt: dict, keys: tuple[str, ...]) -> str | None:
+    """Why this run cannot resume from ``ckpt``, a checkpoint of its config, if it cannot."""
+    missing = [key for key in keys if key not in ckpt]
+    if missing:
+        return f"no {', '.join(missing)}"
+    if not isinstance(ckpt["epoch"], int):
+        return "no epoch number"
+    return _history_problem(ckpt["history"], ckpt["epoch"] + 1)
+
+
+def _final_problem(final: dict) -> str | None:
+    """Why ``model.pt`` and ``history.csv`` cannot be written from ``final``, a final
+    checkpoint of this run's config, if they cannot."""
+    record = final.get("model_file")
+    if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
+        return "no model file record"
+    missing = [key for key in MODEL_KEYS if key not in record]
+    if missing:
+        return f"its model file record has no {', '.join(missing)}"
+    if record["config"] != final["config"]:
+        return "its model file record is of another config"
+    epochs = json.loads(final["config"])["schedule"]["epochs"]
+    return _history_problem(final.get("history"), epochs)
+
+
+def _history_problem(history, epochs: int) -> str | None:
+    """Why ``history`` is not the JSON history of ``epochs`` epochs, if it is not."""
+    try:
+        rows = json.loads(history)
+    except (TypeError, ValueError):
+        return "unreadable history"
+    if not isinstance(rows, list) or len(rows) != epochs:
+        return f"its history is not of the {epochs} epochs it should hold"
+    return None
+
+
+def _set_checkpoint_aside(path: Path, reason: str) -> None:
+    """Set the corrupt checkpoint ``path`` aside and say so on stderr; None: nothing to use."""
+    moved = set_aside(path)
+    where = f"set aside as {moved.name}" if moved else "already gone"
+    print(f"{path}: corrupt checkpoint ({reason}); {where}", file=sys.stderr)
+
+
+def _save_checkpoint(checkpoint: dict, out_dir: Path) -> None:
+    """Write this epoch's checkpoint atomically, keeping the one it replaces as the
+    previous: the one resumed from if the newer is found corrupt. A run killed between the
+    two renames leaves the previous alone, which is resumed from too."""
+    path = out_dir / CHECKPOINT
+    if path.exists():
+        os.replace(path, out_dir / PREVIOUS_CHECKPOINT)
+    atomic_save(checkpoint, path)
+
+
+def _write_results(out_dir: Path, final: dict) -> None:
+    """``model.pt`` and ``history.csv`` from a final checkpoint, which makes the resumable
+    ones of no further use. The same files whenever they are written from the same final."""
+    with atomic_path(out_dir / "history.csv") as tmp:
+        pd.DataFrame(json.loads(final["history"])).to_csv(tmp, index=False)
+    atomic_save(final["model_file"], out_dir / "model.pt")
+    for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+        (out_dir / name).unlink(missing_ok=True)
 
 
 def _rank_and_world(processes) -> tuple[int, int]:
@@ -496,7 +753,7 @@ def training_record(path: str | Path) -> dict:
 
     Memory-maps the file, so the weights are not read.
     """
-    ckpt = _read_model_file(path, mmap=True)
+    ckpt = _read_model_file(path, mmap=True, set_aside=False)
     missing = next((k for k in ("train_seconds", "device") if k not in ckpt), None)
     if missing is not None:
         raise ValueError(f"{path}: no {missing} (written before training time was recorded)")
@@ -520,15 +777,26 @@ def load_model(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]
     return model.to(device).eval(), json.loads(ckpt["config"])
 
 
-def _read_model_file(path: str | Path, mmap: bool = False) -> dict:
-    """The dict of a ``model.pt`` (CPU tensors); a one-line ValueError for anything else."""
+def _read_model_file(path: str | Path, mmap: bool = False, set_aside: bool = True) -> dict:
+    """The dict of a ``model.pt`` (CPU tensors); a one-line ValueError for anything else.
+
+    A file that torch cannot read is set aside (``robustreg.integrity``), so that the next
+    run of the workflow trains it again, in seconds from the experiment's final checkpoint;
+    a readable one of another format is left alone (it is not ours to move). ``set_aside``
+    False leaves it in place too: a table reading a path a cells file names may be pointed at
+    any file, which is never its to rename.
+    """
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise ValueError(f"{path}: model file does not exist") from None
-    except Exception as err:  # torch raises many types for corrupt or foreign pickles
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path}: not a readable robustreg model checkpoint ({reason})") from err
+    except Exception as err:  # torch raises many types for corrupt files, OSError among them
+        # an unpickler's message quotes the file's bytes; name the kind of fault only
+        why = "not a torch file" if isinstance(err, pickle.UnpicklingError) else first_line(err)
+        note = f"; {set_aside_note(path)}" if set_aside else ""
+        raise ValueError(
+            f"{path}: not a readable robustreg model checkpoint ({why}){note}"
+        ) from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != MODEL_FORMAT:
         raise ValueError(
             f"{path}: not a robustreg model checkpoint (expected format {MODEL_FORMAT})"

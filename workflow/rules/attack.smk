@@ -5,18 +5,20 @@ rule attack:
         data=lambda wc: f"results/data/{attack_job(wc)['dataset']}/test.npz",
     output:
         "results/attacks/{exp}/{attack}/outcomes.tsv",
-    params:
-        args=attack_args,
     log:
         "logs/attack/{exp}/{attack}.log",
-    threads: job_resources("attack")["threads"]
-    resources:
-        gpu=job_resources("attack")["gpu"],
-        mem_mb=job_resources("attack")["mem_mb"],
-        runtime=job_resources("attack")["runtime"],
+    benchmark:
+        "results/benchmarks/attack/{exp}/{attack}.tsv"
     conda:
         "../../envs/robustreg.yaml"
+    threads: requested("attack", "threads")
+    resources:
+        gpu=requested("attack", "gpu"),
+        mem_mb=requested("attack", "mem_mb"),
+        runtime=time_limit("attack"),
+    params:
+        args=attack_args,
     shell:
         "python -m robustreg attack --model {input.model:q} --data {input.data:q} {params.args:q}"
-        " --out-dir results/attacks/{wildcards.exp}/{wildcards.attack} --threads {threads}"
-        " > {log:q} 2>&1"
+        " --out-dir results/attacks/{wildcards.exp:q}/{wildcards.attack:q} --threads {threads}"
+        " --gpus {resources.gpu} > {log:q} 2>&1"

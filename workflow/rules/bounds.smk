@@ -7,18 +7,20 @@ rule bounds:
     output:
         "results/bounds/{exp}/{bounds}/bounds.json",
         "results/bounds/{exp}/{bounds}/bounds.tsv",
-    params:
-        args=bounds_args,
     log:
         "logs/bounds/{exp}/{bounds}.log",
-    threads: job_resources("bounds")["threads"]
-    resources:
-        gpu=job_resources("bounds")["gpu"],
-        mem_mb=job_resources("bounds")["mem_mb"],
-        runtime=job_resources("bounds")["runtime"],
+    benchmark:
+        "results/benchmarks/bounds/{exp}/{bounds}.tsv"
     conda:
         "../../envs/robustreg.yaml"
+    threads: requested("bounds", "threads")
+    resources:
+        gpu=requested("bounds", "gpu"),
+        mem_mb=requested("bounds", "mem_mb"),
+        runtime=time_limit("bounds"),
+    params:
+        args=bounds_args,
     shell:
         "python -m robustreg bounds --model {input.model:q} --data {input.data:q} {params.args:q}"
-        " --out-dir results/bounds/{wildcards.exp}/{wildcards.bounds} --threads {threads}"
-        " > {log:q} 2>&1"
+        " --out-dir results/bounds/{wildcards.exp:q}/{wildcards.bounds:q} --threads {threads}"
+        " --gpus {resources.gpu} > {log:q} 2>&1"

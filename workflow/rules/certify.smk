@@ -5,20 +5,23 @@ rule certify:
     output:
         counts="results/certify/{exp}/{cert}/counts.npz",
         log="results/certify/{exp}/{cert}/certify.tsv",
-    params:
-        args=certify_args,
     log:
         "logs/certify/{exp}/{cert}.log",
-    threads: job_resources("certify")["threads"]
-    resources:
-        gpu=job_resources("certify")["gpu"],
-        mem_mb=job_resources("certify")["mem_mb"],
-        runtime=job_resources("certify")["runtime"],
+    benchmark:
+        "results/benchmarks/certify/{exp}/{cert}.tsv"
     conda:
         "../../envs/robustreg.yaml"
+    threads: requested("certify", "threads")
+    resources:
+        gpu=requested("certify", "gpu"),
+        mem_mb=requested("certify", "mem_mb"),
+        runtime=time_limit("certify"),
+    params:
+        args=certify_args,
     shell:
         "python -m robustreg certify --model {input.model:q} --data {input.data:q} {params.args:q}"
-        " --out-dir results/certify/{wildcards.exp}/{wildcards.cert} --threads {threads} > {log:q} 2>&1"
+        " --out-dir results/certify/{wildcards.exp:q}/{wildcards.cert:q} --threads {threads}"
+        " --gpus {resources.gpu} > {log:q} 2>&1"
 
 
 # T-CERTIFY (Feng et al. 2020, Algorithm 2) from the counts the certify job stored: the same
@@ -28,12 +31,12 @@ rule tcertify:
         "results/certify/{exp}/{cert}/counts.npz",
     output:
         "results/certify/{exp}/{cert}/tcertify.tsv",
-    params:
-        args=tcertify_args,
     log:
         "logs/tcertify/{exp}/{cert}.log",
     localrule: True
     conda:
         "../../envs/robustreg.yaml"
+    params:
+        args=tcertify_args,
     shell:
         "python -m robustreg tcertify --counts {input:q} {params.args:q} --out {output:q} > {log:q} 2>&1"

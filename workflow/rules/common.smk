@@ -1,6 +1,5 @@
-def job_resources(stage):
-    """Resources of a stage from config: threads, mem_mb, runtime (minutes), gpu."""
-    return config["resources"][stage]
+def experiment(wildcards):
+    return PLAN.experiments[wildcards.exp]
 
 
 def train_processes(wildcards):
@@ -8,14 +7,31 @@ def train_processes(wildcards):
     return experiment(wildcards)["schedule"].get("processes", 1)
 
 
-def train_resource(key):
-    """A training job's request: ``resources.train`` is per process, and a data-parallel
-    training (torchrun, one process per GPU) asks for that many times it."""
-    return lambda wildcards: job_resources("train")[key] * train_processes(wildcards)
+# The dataset (its id) each stage's job reads: requests differ per dataset.
+JOB_DATASET = {
+    "data": lambda wildcards: wildcards.dataset,
+    "train": lambda wildcards: experiment(wildcards)["data"]["dataset"],
+    "certify": lambda wildcards: certification(wildcards)["dataset"],
+    "attack": lambda wildcards: attack_job(wildcards)["dataset"],
+    "bounds": lambda wildcards: bounds_job(wildcards)["dataset"],
+}
 
 
-def experiment(wildcards):
-    return PLAN.experiments[wildcards.exp]
+def job_request(stage, wildcards):
+    """A job's request from config ``resources`` (robustreg.resources): its stage's values with
+    its dataset's overrides; a data-parallel training asks for every process's share."""
+    name = PLAN.datasets[JOB_DATASET[stage](wildcards)]["name"]
+    request = stage_request(config["resources"], stage, name)
+    return scaled(request, train_processes(wildcards)) if stage == "train" else request
+
+
+def requested(stage, key):
+    return lambda wildcards: job_request(stage, wildcards)[key]
+
+
+def time_limit(stage):
+    """Minutes for one attempt: a retried job (killed at its limit, it resumes) gets more."""
+    return lambda wildcards, attempt: runtime_for(job_request(stage, wildcards)["runtime"], attempt)
 
 
 def certification(wildcards):
@@ -81,7 +97,14 @@ def figure_inputs(wildcards):
 
 def dataset_args(wildcards):
     d = PLAN.datasets[wildcards.dataset]
-    args = ["--dataset", d["name"], "--source", d["source"], "--download-root", config["data"]["download_root"]]
+    args = [
+        "--dataset",
+        d["name"],
+        "--source",
+        d["source"],
+        "--download-root",
+        config["data"]["download_root"],
+    ]
     if d.get("files"):
         args += ["--files", d["files"]]
     if d["name"] == "mnist":
@@ -92,10 +115,20 @@ def dataset_args(wildcards):
             args += ["--root", d["root"]]
     if d["source"] == "synthetic":
         synthetic = d["synthetic"]
-        args += ["--synthetic-train", str(synthetic["train"]), "--synthetic-test", str(synthetic["test"])]
+        args += [
+            "--synthetic-train",
+            str(synthetic["train"]),
+            "--synthetic-test",
+            str(synthetic["test"]),
+        ]
         args += ["--split-seed", str(synthetic["seed"])]
         if d["name"] == "imagenet":
-            args += ["--synthetic-classes", str(synthetic["classes"]), "--synthetic-size", str(synthetic["size"])]
+            args += [
+                "--synthetic-classes",
+                str(synthetic["classes"]),
+                "--synthetic-size",
+                str(synthetic["size"]),
+            ]
     return args
 
 
@@ -116,3 +149,25 @@ def names_pattern(names):
 def tcertify_args(wildcards):
     c = certification(wildcards)
     return ["--alpha", str(c["alpha"]), "--grid", *(str(g) for g in config["tcertify"]["grid"])]
+
+
+def withdraw_stale_reports(dag):
+    """Remove the reports this failed run could not rewrite.
+
+    Under --keep-going a table whose cell's job failed (a diverged training) is never rendered,
+    and its report from an earlier run would stay in reports/, looking current but showing
+    another configuration's numbers. Snakemake only deletes a job's outputs when it runs it,
+    so the report jobs left pending are cleared here.
+    """
+    for job in dag.needrun_jobs():
+        if job.rule.name not in ("table", "figure", "paper"):
+            continue
+        stale = [str(f) for f in job.output if os.path.exists(f)]
+        for path in stale:
+            os.remove(path)
+        if stale:
+            print(
+                f"robustreg: removed {', '.join(stale)}: a job it needs failed, so it would "
+                "show an earlier run's numbers",
+                file=sys.stderr,
+            )

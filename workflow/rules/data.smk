@@ -2,14 +2,15 @@ rule dataset:
     output:
         train="results/data/{dataset}/train.npz",
         test="results/data/{dataset}/test.npz",
-    params:
-        args=dataset_args,
     log:
         "logs/data/{dataset}.log",
-    resources:
-        mem_mb=job_resources("data")["mem_mb"],
-        runtime=job_resources("data")["runtime"],
     conda:
         "../../envs/robustreg.yaml"
+    resources:
+        mem_mb=requested("data", "mem_mb"),
+        runtime=time_limit("data"),
+    params:
+        args=dataset_args,
     shell:
-        "python -m robustreg data {params.args:q} --out-dir results/data/{wildcards.dataset} > {log:q} 2>&1"
+        "python -m robustreg data {params.args:q} --out-dir results/data/{wildcards.dataset:q}"
+        " > {log:q} 2>&1"

@@ -5,13 +5,13 @@ rule table_cells:
         table_logs,
     output:
         "results/tables/{table}.cells.yaml",
-    params:
-        cells=cells_json,
     log:
         "logs/tables/{table}.cells.log",
     localrule: True
     conda:
         "../../envs/robustreg.yaml"
+    params:
+        cells=cells_json,
     shell:
         "python -m robustreg cells --json {params.cells:q} --out {output:q} > {log:q} 2>&1"
 
@@ -36,8 +36,8 @@ rule table:
     conda:
         "../../envs/robustreg.yaml"
     shell:
-        "python -m robustreg table --cells {input.cells:q} --md {output.md:q} --tex {output.tex:q}"
-        " --html {output.html:q} > {log:q} 2>&1"
+        "python -m robustreg table --cells {input.cells:q} --logs-root results --md {output.md:q}"
+        " --tex {output.tex:q} --html {output.html:q} > {log:q} 2>&1"
 
 
 rule figure:
@@ -59,7 +59,8 @@ rule figure:
     conda:
         "../../envs/robustreg.yaml"
     shell:
-        "python -m robustreg figure --spec {wildcards.figure:q} --cells {input.cells:q} --md {output.md:q}"
+        "python -m robustreg figure --spec {wildcards.figure:q} --cells {input.cells:q}"
+        " --logs-root results --md {output.md:q}"
         " --tex {output.tex:q} --pdf {output.pdf:q} --png {output.png:q} > {log:q} 2>&1"
 
 
@@ -68,12 +69,12 @@ rule paper:
         lambda wc: PLAN.reports(wc.paper),
     output:
         "reports/{paper}.md",
-    params:
-        title=lambda wc: config["papers"][wc.paper]["title"],
     log:
         "logs/papers/{paper}.log",
     localrule: True
     conda:
         "../../envs/robustreg.yaml"
+    params:
+        title=lambda wc: config["papers"][wc.paper]["title"],
     shell:
         "python -m robustreg index --title {params.title:q} --out {output:q} {input:q} > {log:q} 2>&1"

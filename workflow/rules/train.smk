@@ -4,17 +4,20 @@ rule train:
     output:
         model="results/models/{exp}/model.pt",
         history="results/models/{exp}/history.csv",
-    params:
-        config=lambda wc: json.dumps(experiment(wc), sort_keys=True),
     log:
         "logs/train/{exp}.log",
-    threads: train_resource("threads")
-    resources:
-        gpu=train_resource("gpu"),
-        mem_mb=train_resource("mem_mb"),
-        runtime=job_resources("train")["runtime"],
+    benchmark:
+        "results/benchmarks/train/{exp}.tsv"
     conda:
         "../../envs/robustreg.yaml"
+    threads: requested("train", "threads")
+    resources:
+        gpu=requested("train", "gpu"),
+        mem_mb=requested("train", "mem_mb"),
+        runtime=time_limit("train"),
+    params:
+        config=lambda wc: json.dumps(experiment(wc), sort_keys=True),
     shell:
         "python -m robustreg train --config-json {params.config:q} --data {input:q}"
-        " --out-dir results/models/{wildcards.exp} --threads {threads} > {log:q} 2>&1"
+        " --out-dir results/models/{wildcards.exp:q} --threads {threads} --gpus {resources.gpu}"
+        " > {log:q} 2>&1"

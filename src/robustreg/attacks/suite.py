@@ -71,7 +71,7 @@ from robustreg.attacks.min_distance import (
     pgd_min_distance,
 )
 from robustreg.attacks.pgd import NORMS, pgd, project
-from robustreg.io import ResumableLog, image_ids, write_text_atomic
+from robustreg.io import Expected, ResumableLog, image_ids, write_text_atomic
 from robustreg.smoothing import indexed_device
 
 __all__ = [
@@ -952,8 +952,9 @@ class OutcomeLog(ResumableLog):
 
     JSON lines: first ``{"identity": ...}``, naming everything the outcomes depend on, then one
     object per image with ``run_attack``'s keys. ``resume`` returns the earlier run's complete
-    images for ``run_attack(done=...)``; ``append`` is its ``on_batch``; ``remove`` once the
-    outcome log is written.
+    images for ``run_attack(done=...)``; given an ``Expected``, only those of selected images
+    with their labels and predictions among the model's classes. ``append`` is its
+    ``on_batch``; ``remove`` once the outcome log is written.
     """
 
     FORMAT = "robustreg-attack-progress/1"
@@ -965,6 +966,14 @@ class OutcomeLog(ResumableLog):
 
     def _check(self, record: object, previous: dict | None) -> None:
         _check_record(record)
+
+    def _misfit(self, record: dict, expected: Expected) -> str | None:
+        why = super()._misfit(record, expected)
+        if why is None and not all(
+            0 <= record[key] < expected.num_classes for key in ("clean", "adversarial")
+        ):
+            why = f"a prediction outside the model's {expected.num_classes} classes"
+        return why
 
 
 def _record(row: Sequence) -> dict:
@@ -979,8 +988,8 @@ def _check_record(record: object) -> None:
         raise ValueError("not an image record")
     if not all(_is_int(record[key]) for key in _INT_COLUMNS) or record["robust"] not in (0, 1):
         raise ValueError("idx, label, clean, adversarial and robust must be integers")
-    if not all(_is_number(record[key]) for key in ("l2", "linf", "seconds")):
-        raise ValueError("l2, linf and seconds must be numbers")
+    if not all(_is_number(record[key]) and record[key] >= 0 for key in ("l2", "linf", "seconds")):
+        raise ValueError("l2, linf and seconds must be numbers >= 0")
 
 
 def write_outcomes(path: str | os.PathLike, result: Mapping[str, np.ndarray]) -> None:
@@ -1003,9 +1012,15 @@ def read_outcomes(path: str | os.PathLike) -> pd.DataFrame:
     name = os.fspath(path)
     try:
         frame = pd.read_csv(name, sep="\t", dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ValueError(f"{name}: not a readable attack outcome log ({reason})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{name}: not a readable attack outcome log (not UTF-8 text)") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        # pandas says where the table breaks (line, number of fields), not what the line holds
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{name}: not a readable attack outcome log ({reason})") from err
+        raise ValueError(f"{name}: not a readable attack outcome log ({reason})") from None
     missing = [c for c in OUTCOME_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(

@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from robustreg.certify import certified_accuracy, read_certify_log
+from robustreg.certify import certified_accuracy
 from robustreg.io import atomic_path, write_text_atomic
+from robustreg.tables.logs import read_certification
 from robustreg.tables.render import Cell, CellsFile, environment, load_cells, sources
 from robustreg.tables.robustness import Reader, empirical_error, smallest_distances
 from robustreg.tables.spec import (
@@ -204,7 +205,7 @@ def figure_curves(figure: FigureSpec, cells: CellsFile) -> pd.DataFrame:
     records = []
     for index, panel in enumerate(_panels(figure, cells.spec)):
         plotted = {
-            (line.row, line.group): read_certify_log(logs[line.row, line.group])
+            (line.row, line.group): read_certification(logs[line.row, line.group])
             for line in panel.lines
             if (line.row, line.group) in logs
         }
@@ -400,14 +401,16 @@ def render_figure(
     md: str | os.PathLike,
     tex: str | os.PathLike,
     spec_dir: str | os.PathLike | None = None,
+    logs_root: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Draw figure spec ``figure`` (from ``spec_dir``, default the package's specs folder)
-    from the cells file of its table: PDF and PNG (dpi 150), a Markdown page linking the
-    PNG and a LaTeX figure including the PDF, each written atomically.
+    from the cells file of its table, its logs read from ``logs_root`` (``load_cells``): PDF
+    and PNG (dpi 150), a Markdown page linking the PNG and a LaTeX figure including the PDF,
+    each written atomically.
 
     Returns our curves (see ``figure_curves``)."""
     fspec = load_figure_spec(figure, spec_dir)
-    cells = load_cells(cells_path, spec_dir)
+    cells = load_cells(cells_path, spec_dir, logs_root)
     if cells.spec.name != fspec.table:
         raise ValueError(
             f"{cells_path}: table: figure {fspec.name} draws table {fspec.table}, "

@@ -30,6 +30,8 @@ def render_index(title: str, reports: list[str | os.PathLike], out: str | os.Pat
             heading, banner = _heading_and_banner(report)
         except OSError as err:
             raise ValueError(f"{report}: cannot read report ({err.strerror})") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{report}: cannot read report (not UTF-8 text)") from None
         link = os.path.relpath(report, out.parent)
         lines.append(f"- [{heading}]({link})" + (f" — {banner}" if banner else ""))
     lines += ["", "Each report shows our value beside the published one in every cell.", ""]

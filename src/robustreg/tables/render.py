@@ -12,9 +12,13 @@ elsewhere::
       - {row: macer, sigma: 0.25, log: [../certify/s0/certify.tsv, ../certify/s1/certify.tsv]}
 
 The group key (``sigma`` here) is the spec's ``group_by.key``; relative ``log`` paths are
-relative to the cells file's folder. A cell of a settings table (columns with metric
-``setting``) has no log but the training settings its columns show, and optionally the
-id of the experiment that trains with them::
+relative to the cells file's folder. Every path (``log``, ``outcomes``, ``files``) must lead,
+symlinks followed, into the logs root: the cells file's folder unless the caller names
+another (``--logs-root``; the workflow's cells files in results/tables/ name ``results``), so
+that a cells file cannot have the table stage read files elsewhere.
+
+A cell of a settings table (columns with metric ``setting``) has no log but the training
+settings its columns show, and optionally the id of the experiment that trains with them::
 
       - {row: cifar10, sigma: 0.25, settings: {method: smoothadv, attack: PGD, steps: 10,
          eps: 0.996, m: 4}, experiment: cifar10-cifar_resnet110-smoothadv-s0.25-abc123}
@@ -49,8 +53,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from robustreg.certify import average_certified_radius, certified_accuracy, read_certify_log
+from robustreg.certify import average_certified_radius, certified_accuracy
 from robustreg.io import write_text_atomic
+from robustreg.tables.logs import read_attack_outcomes, read_certification
 from robustreg.tables.robustness import Reader
 from robustreg.tables.spec import (
     ATTACKS,
@@ -104,12 +109,16 @@ class CellsFile:
 
 
 def load_cells(
-    cells_path: str | os.PathLike, spec_dir: str | os.PathLike | None = None
+    cells_path: str | os.PathLike,
+    spec_dir: str | os.PathLike | None = None,
+    logs_root: str | os.PathLike | None = None,
 ) -> CellsFile:
     """Read and validate a cells file; reads no log. Its table spec comes from ``spec_dir``
-    (default: the package's specs folder). Errors are one-line ValueErrors naming the
-    cells file and the bad key or value."""
+    (default: the package's specs folder); its paths must lead into ``logs_root`` (default:
+    the cells file's folder). Errors are one-line ValueErrors naming the cells file and the
+    bad key or value."""
     path = Path(cells_path)
+    root = Path(os.path.realpath(path.parent if logs_root is None else Path(logs_root)))
 
     def fail(msg: str) -> ValueError:
         return ValueError(f"{path}: {msg}")
@@ -118,8 +127,10 @@ def load_cells(
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise fail(f"cannot read cells file ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise fail("not a cells file (not UTF-8 text)") from None
     except yaml.YAMLError as err:
-        raise fail(f"not valid YAML: {' '.join(str(err).split())}") from None
+        raise fail(f"not valid YAML ({_yaml_problem(err)})") from None
     if not isinstance(raw, dict):
         raise fail("expected a mapping with keys table, cells (and optional banner)")
     unknown = sorted(str(k) for k in raw if k not in _CELLS_KEYS)
@@ -134,6 +145,17 @@ def load_cells(
     banner = raw.get("banner")
     if banner is not None and (not isinstance(banner, str) or not banner.strip()):
         raise fail(f"banner: expected a non-empty string, got {banner!r}")
+
+    def locate(text: str, where: str) -> Path:
+        """The path ``text`` of the cells file names, relative to its folder; refused unless
+        it leads into the logs root (symlinks followed, so no link leads out)."""
+        log = Path(os.path.normpath(path.parent / Path(text).expanduser()))
+        if not Path(os.path.realpath(log)).is_relative_to(root):
+            raise fail(
+                f"{where}: {text!r} leads outside {root}, the folder logs are read from "
+                "(--logs-root names another)"
+            )
+        return log
 
     gkey = spec.group.key
     source = {"settings": "settings", ATTACKS: "outcomes", ROBUSTNESS: "files"}.get(
@@ -187,38 +209,37 @@ def load_cells(
                 _settings_cell(entry, row, group, spec, lambda m, w=where: fail(f"{w}: {m}"))
             )
         elif spec.values_from == ATTACKS:
+            w = f"{where}: outcomes"
             outcomes = _outcome_texts(
-                entry["outcomes"], row_spec, spec, lambda m, w=where: fail(f"{w}: outcomes: {m}")
+                entry["outcomes"], row_spec, spec, lambda m, w=w: fail(f"{w}: {m}")
             )
+            located = {k: locate(t, f"{w}: {k}") for k, t in outcomes.items()}
             cells.append(
                 Cell(
                     row=row,
                     group=group,
-                    logs=tuple(_resolve(t, path.parent) for t in outcomes.values()),
+                    logs=tuple(located.values()),
                     log_texts=tuple(outcomes.values()),
-                    outcomes={k: _resolve(t, path.parent) for k, t in outcomes.items()},
+                    outcomes=located,
                 )
             )
         elif spec.values_from == ROBUSTNESS:
-            files = _file_texts(
-                entry["files"], row_spec, spec, lambda m, w=where: fail(f"{w}: files: {m}")
-            )
+            w = f"{where}: files"
+            files = _file_texts(entry["files"], row_spec, spec, lambda m, w=w: fail(f"{w}: {m}"))
             texts = tuple(t for column in files.values() for t in column)
+            located = {k: tuple(locate(t, f"{w}: {k}") for t in c) for k, c in files.items()}
             cells.append(
                 Cell(
                     row=row,
                     group=group,
-                    logs=tuple(_resolve(t, path.parent) for t in texts),
+                    logs=tuple(p for column in located.values() for p in column),
                     log_texts=texts,
-                    files={
-                        k: tuple(_resolve(t, path.parent) for t in column)
-                        for k, column in files.items()
-                    },
+                    files=located,
                 )
             )
         else:
             texts = _log_texts(entry["log"], spec, lambda m, w=where: fail(f"{w}: log: {m}"))
-            logs = tuple(_resolve(t, path.parent) for t in texts)
+            logs = tuple(locate(t, f"{where}: log") for t in texts)
             cells.append(Cell(row=row, group=group, logs=logs, log_texts=texts))
     return CellsFile(path=path, spec=spec, banner=banner, cells=tuple(cells))
 
@@ -287,9 +308,11 @@ def _file_texts(
     return out
 
 
-def _resolve(text: str, folder: Path) -> Path:
-    log = Path(text).expanduser()
-    return log if log.is_absolute() else folder / log
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """What YAML found wrong, and where, without the text it quotes from the file."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or type(err).__name__
+    return problem if mark is None else f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 def _settings_cell(
@@ -333,12 +356,11 @@ METRIC_FUNCS: dict[str, Callable[[np.ndarray, np.ndarray, ColumnSpec], float]] =
 
 
 def _read_logs(cells: CellsFile) -> dict[Path, pd.DataFrame]:
-    """Every log the cells file lists, each read once (a ValueError names a bad file)."""
-    read = read_certify_log
+    """Every log the cells file lists, each read once and checked against its job
+    (``robustreg.tables.logs``; a ValueError names a bad file)."""
     if cells.spec.values_from == ROBUSTNESS:
         return {}  # read per column by robustness.Reader
-    if cells.spec.values_from == ATTACKS:
-        from robustreg.attacks.suite import read_outcomes as read
+    read = read_attack_outcomes if cells.spec.values_from == ATTACKS else read_certification
     logs: dict[Path, pd.DataFrame] = {}
     for cell in cells.cells:
         for path in cell.logs:
@@ -974,13 +996,14 @@ def render_table(
     tex_path: str | os.PathLike,
     spec_dir: str | os.PathLike | None = None,
     html_path: str | os.PathLike | None = None,
+    logs_root: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Render the table a cells file names to Markdown and LaTeX, and to HTML if
     ``html_path`` is given (each written atomically). The table spec comes from ``spec_dir``
-    (default: the package's specs folder).
+    (default: the package's specs folder); the logs from ``logs_root`` (``load_cells``).
 
     Returns the long frame of our and the paper's values (see ``build_frame``)."""
-    cells = load_cells(cells_path, spec_dir)
+    cells = load_cells(cells_path, spec_dir, logs_root)
     reader = Reader()
     frame = build_frame(cells, reader)
     context = _context(cells, frame, reader)

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from robustreg.tables.logs import read_attack_outcomes, read_bound_files
 from robustreg.tables.spec import ColumnSpec, TableSpec
 
 OUTCOMES, BOUNDS, MODEL = "outcomes", "bounds", "model"
@@ -106,16 +107,12 @@ class Reader:
 
     def outcomes(self, path: Path) -> pd.DataFrame:
         if path not in self._outcomes:
-            from robustreg.attacks.suite import read_outcomes
-
-            self._outcomes[path] = read_outcomes(path)
+            self._outcomes[path] = read_attack_outcomes(path)
         return self._outcomes[path]
 
     def bounds(self, path: Path) -> tuple[pd.DataFrame, dict]:
         if path not in self._bounds:
-            from robustreg.bounds import read_bounds
-
-            self._bounds[path] = read_bounds(path.parent)
+            self._bounds[path] = read_bound_files(path)
         return self._bounds[path]
 
     def model(self, path: Path) -> dict:
