@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import same_weights, train_killed_then_resumed
+from conftest import lenet_experiment, same_weights, train_killed_then_resumed
 from scipy.special import softmax
 from torch import nn
 
@@ -181,25 +181,10 @@ def test_missing_params_and_sigma_are_refused():
 
 
 def experiment(m: int = 3, **schedule) -> dict:
-    return {
-        "data": {"dataset": "synthetic", "train_limit": None},
-        "arch": "lenet_mnist",
-        "num_classes": 10,
+    return lenet_experiment(**schedule) | {
         "method": "free_at",
         "params": {"eps": EPS, "m": m},
         "sigma": None,
-        "schedule": {
-            "epochs": 2,
-            "batch_size": 16,
-            "lr": 0.01,
-            "momentum": 0.9,
-            "nesterov": True,
-            "weight_decay": 1e-4,
-            "lr_milestones": [1],
-            "lr_gamma": 0.1,
-        }
-        | schedule,
-        "seed": 0,
     }
 
 

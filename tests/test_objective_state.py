@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import same_weights, train_killed_then_resumed
+from conftest import lenet_experiment, same_weights, train_killed_then_resumed
 
 import robustreg.objectives.mma as mma_module
 import robustreg.train as train_module
@@ -44,25 +44,13 @@ def positions(x: torch.Tensor) -> list[int]:
 
 
 def experiment(method="mma", **schedule) -> dict:
-    return {
-        "data": {"dataset": "synthetic", "train_limit": None, "augment": "none"},
-        "arch": "lenet_mnist",
+    base = lenet_experiment(**schedule)
+    return base | {
+        "data": base["data"] | {"augment": "none"},
         "num_classes": 2,
         "method": method,
         "params": MMA_PARAMS if method == "mma" else {},
         "sigma": None if method == "mma" else 0.25,
-        "schedule": {
-            "epochs": 2,
-            "batch_size": 16,
-            "lr": 0.01,
-            "momentum": 0.9,
-            "nesterov": True,
-            "weight_decay": 1e-4,
-            "lr_milestones": [1],
-            "lr_gamma": 0.1,
-        }
-        | schedule,
-        "seed": 0,
     }
 
 

@@ -7,6 +7,7 @@ results of an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -297,24 +298,31 @@ def _certify_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_cli_resumes_with_another_alpha_and_discards_progress_of_another_model(
-    tmp_path, monkeypatch, capsys
-):
-    model, data = _save_model(tmp_path / "model.pt", 0), _test_split(tmp_path / "test.npz", 8)
-    out = tmp_path / "c"
-    args = _certify_args(model, data, out, "--n0", "20", "--n", "100", "--batch-size", "40")
+@contextlib.contextmanager
+def _killed_after_first_group():
+    """The certify command inside is killed right after it logged its first group."""
     append = ProgressLog.append
 
-    def killed_after_first_group(self, group):
+    def killed(self, group):
         append(self, group)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ProgressLog, "append", killed_after_first_group)
-    with pytest.raises(KeyboardInterrupt):
+    ProgressLog.append = killed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        ProgressLog.append = append
+
+
+def test_cli_resumes_with_another_alpha_and_discards_progress_of_another_model(tmp_path, capsys):
+    model, data = _save_model(tmp_path / "model.pt", 0), _test_split(tmp_path / "test.npz", 8)
+    out = tmp_path / "c"
+    args = _certify_args(model, data, out, "--n0", "20", "--n", "100", "--batch-size", "40")
+    with _killed_after_first_group():
         main(args)
     assert len(_records(out / "partial.jsonl")) == 2  # groups of 40 // (100 % 40) = 2 images
     assert not (out / "counts.npz").exists()
-    monkeypatch.setattr(ProgressLog, "append", append)
 
     # alpha does not change any count: the recorded images are kept
     assert main([*args, "--alpha", "0.01"]) == 0
@@ -324,10 +332,8 @@ def test_cli_resumes_with_another_alpha_and_discards_progress_of_another_model(
         assert f["idx"].tolist() == list(range(8))
 
     # another model in the same file: the progress of the first is not mixed in
-    monkeypatch.setattr(ProgressLog, "append", killed_after_first_group)
-    with pytest.raises(KeyboardInterrupt):
+    with _killed_after_first_group():
         main(args)
-    monkeypatch.setattr(ProgressLog, "append", append)
     _save_model(model, 1)
     capsys.readouterr()
     assert main(args) == 0
@@ -336,21 +342,13 @@ def test_cli_resumes_with_another_alpha_and_discards_progress_of_another_model(
     assert "resuming" not in err
 
 
-def test_cli_certifies_no_radius_from_a_forged_progress_record(tmp_path, monkeypatch, capsys):
+def test_cli_certifies_no_radius_from_a_forged_progress_record(tmp_path, capsys):
     model, data = _save_model(tmp_path / "model.pt", 0), _test_split(tmp_path / "test.npz", 8)
     args = _certify_args(model, data, tmp_path / "c", "--n0", "20", "--n", "100")
     full = tmp_path / "full"
     assert main(_certify_args(model, data, full, "--n0", "20", "--n", "100")) == 0
-    append = ProgressLog.append
-
-    def killed_after_first_group(self, group):
-        append(self, group)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ProgressLog, "append", killed_after_first_group)
-    with pytest.raises(KeyboardInterrupt):
+    with _killed_after_first_group():
         main(args)
-    monkeypatch.setattr(ProgressLog, "append", append)
     partial = tmp_path / "c" / "partial.jsonl"
     header, first, *rest = partial.read_text().splitlines(keepends=True)
     forged = json.loads(first)
