@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -122,6 +123,24 @@ def lenet_experiment(epochs: int = 2, **schedule) -> dict:
         | schedule,
         "seed": 0,
     }
+
+
+@contextlib.contextmanager
+def killed_after_first_append(log_class):
+    """The command run inside is killed (KeyboardInterrupt) right after its progress log
+    (``log_class``, a ``robustreg.io.ResumableLog``) appended its first group of images."""
+    append = log_class.append
+
+    def killed(self, group):
+        append(self, group)
+        raise KeyboardInterrupt
+
+    log_class.append = killed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        log_class.append = append
 
 
 def same_weights(a: Path, b: Path) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import killed_after_first_append
 from torch import nn
 
 from robustreg.attacks.atent import atent_attack
@@ -468,7 +469,7 @@ def _attack_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_cli_writes_outcomes_and_resumes_after_a_kill(tmp_path, monkeypatch, capsys):
+def test_cli_writes_outcomes_and_resumes_after_a_kill(tmp_path, capsys):
     model, lenet = _save_lenet(tmp_path / "model.pt")
     data = _test_split(tmp_path / "test.npz", lenet, 20)
     full = tmp_path / "full"
@@ -485,18 +486,10 @@ def test_cli_writes_outcomes_and_resumes_after_a_kill(tmp_path, monkeypatch, cap
     assert len(summary["model_sha256"]) == 64
 
     killed = tmp_path / "killed"
-    append = OutcomeLog.append
-
-    def killed_after_first_batch(self, batch):
-        append(self, batch)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(OutcomeLog, "append", killed_after_first_batch)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_first_append(OutcomeLog):
         main(_attack_args(model, data, killed))
     assert len((killed / "partial.jsonl").read_text().splitlines()) == 1 + 4
     assert not (killed / "outcomes.tsv").exists()
-    monkeypatch.setattr(OutcomeLog, "append", append)
     capsys.readouterr()
     assert main(_attack_args(model, data, killed)) == 0
     assert "resuming after 4 images" in capsys.readouterr().err
@@ -505,22 +498,14 @@ def test_cli_writes_outcomes_and_resumes_after_a_kill(tmp_path, monkeypatch, cap
     assert resumed[columns].equals(frame[columns])
 
 
-def test_cli_attacks_again_an_image_whose_record_has_another_label(tmp_path, monkeypatch, capsys):
+def test_cli_attacks_again_an_image_whose_record_has_another_label(tmp_path, capsys):
     # A record of a selected image with another label (a forged or foreign line) is discarded
     # and the image attacked again, where run_attack would refuse the whole file every rerun.
     model, lenet = _save_lenet(tmp_path / "model.pt")
     data = _test_split(tmp_path / "test.npz", lenet, 20)
     assert main(_attack_args(model, data, tmp_path / "full")) == 0
-    append = OutcomeLog.append
-
-    def killed_after_first_batch(self, batch):
-        append(self, batch)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(OutcomeLog, "append", killed_after_first_batch)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_first_append(OutcomeLog):
         main(_attack_args(model, data, tmp_path / "out"))
-    monkeypatch.setattr(OutcomeLog, "append", append)
     partial = tmp_path / "out" / "partial.jsonl"
     header, first, *rest = partial.read_text().splitlines()
     forged = json.loads(first)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import killed_after_first_append
 from torch import nn
 
 from robustreg.attacks.suite import OutcomeLog, read_outcomes
@@ -424,7 +425,7 @@ def test_sample_is_a_seeded_sorted_subset(tmp_path):
         _positions(data, 35, skip=3)
 
 
-def test_attack_progress_identity_holds_the_sample(tmp_path, monkeypatch, capsys):
+def test_attack_progress_identity_holds_the_sample(tmp_path, capsys):
     model_path, _ = _save_lenet(tmp_path / "model.pt")
     data = _split(tmp_path / "test.npz", 30)
     out = tmp_path / "attack"
@@ -436,18 +437,10 @@ def test_attack_progress_identity_holds_the_sample(tmp_path, monkeypatch, capsys
             "--sample-seed", seed, "--threads", "1", "--no-progress",
         ]  # fmt: skip
 
-    append = OutcomeLog.append
-
-    def killed_after_first_batch(self, batch):
-        append(self, batch)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(OutcomeLog, "append", killed_after_first_batch)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_first_append(OutcomeLog):
         main(args("0"))
     header = json.loads((out / "partial.jsonl").read_text().splitlines()[0])["identity"]
     assert (header["sample"], header["sample_seed"], header["max_images"]) == (6, 0, None)
-    monkeypatch.setattr(OutcomeLog, "append", append)
     capsys.readouterr()
     assert main(args("1")) == 0
     assert "discarded, it is from a different run (sample_seed differ)" in capsys.readouterr().err

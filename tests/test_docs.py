@@ -68,6 +68,12 @@ def test_readme_shows_the_headline_and_cluster_commands():
     assert any("--workflow-profile profiles/slurm" in c for c in shown), shown
 
 
+def snakemake_env() -> dict[str, str]:
+    """This interpreter's `python` first on PATH, and a failing scontrol (see conftest)."""
+    parts = [str(NO_SLURM), str(Path(sys.executable).parent), os.environ["PATH"]]
+    return dict(os.environ, PATH=os.pathsep.join(parts))
+
+
 @pytest.fixture(scope="module")
 def fresh_workflow(tmp_path_factory) -> Path:
     return workflow_copy(tmp_path_factory.mktemp("readme"))
@@ -80,8 +86,6 @@ def test_readme_snakemake_blocks_dry_run_verbatim(fresh_workflow, block):
     script = "\n".join(
         line for line in block.splitlines() if not line.startswith("source .venv/bin/activate")
     )
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(NO_SLURM), str(Path(sys.executable).parent), env["PATH"]])
     proc = subprocess.run(
         [
             "bash",
@@ -89,7 +93,7 @@ def test_readme_snakemake_blocks_dry_run_verbatim(fresh_workflow, block):
             'set -euo pipefail\nsnakemake() { python -m snakemake "$@" --dry-run; }\n' + script,
         ],
         cwd=fresh_workflow,
-        env=env,
+        env=snakemake_env(),
         capture_output=True,
         text=True,
     )
@@ -173,13 +177,11 @@ def test_snakemake_files_are_snakefmt_clean():
 
 
 def test_headline_command_plans_table2_and_runs_four_gpu_jobs_at_once(fresh_workflow):
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(NO_SLURM), str(Path(sys.executable).parent), env["PATH"]])
     argv = shlex.split("snakemake reports/table2_mnist.md --cores 8 --resources gpu=4")
     proc = subprocess.run(
         [sys.executable, "-m", *argv, "--dry-run"],
         cwd=fresh_workflow,
-        env=env,
+        env=snakemake_env(),
         capture_output=True,
         text=True,
     )

@@ -7,7 +7,6 @@ results of an uninterrupted run.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -20,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import same_weights
+from conftest import killed_after_first_append, same_weights
 
 from robustreg.cli import main
 from robustreg.data import save_split
@@ -298,28 +297,11 @@ def _certify_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-@contextlib.contextmanager
-def _killed_after_first_group():
-    """The certify command inside is killed right after it logged its first group."""
-    append = ProgressLog.append
-
-    def killed(self, group):
-        append(self, group)
-        raise KeyboardInterrupt
-
-    ProgressLog.append = killed
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            yield
-    finally:
-        ProgressLog.append = append
-
-
 def test_cli_resumes_with_another_alpha_and_discards_progress_of_another_model(tmp_path, capsys):
     model, data = _save_model(tmp_path / "model.pt", 0), _test_split(tmp_path / "test.npz", 8)
     out = tmp_path / "c"
     args = _certify_args(model, data, out, "--n0", "20", "--n", "100", "--batch-size", "40")
-    with _killed_after_first_group():
+    with killed_after_first_append(ProgressLog):
         main(args)
     assert len(_records(out / "partial.jsonl")) == 2  # groups of 40 // (100 % 40) = 2 images
     assert not (out / "counts.npz").exists()
@@ -332,7 +314,7 @@ def test_cli_resumes_with_another_alpha_and_discards_progress_of_another_model(t
         assert f["idx"].tolist() == list(range(8))
 
     # another model in the same file: the progress of the first is not mixed in
-    with _killed_after_first_group():
+    with killed_after_first_append(ProgressLog):
         main(args)
     _save_model(model, 1)
     capsys.readouterr()
@@ -347,7 +329,7 @@ def test_cli_certifies_no_radius_from_a_forged_progress_record(tmp_path, capsys)
     args = _certify_args(model, data, tmp_path / "c", "--n0", "20", "--n", "100")
     full = tmp_path / "full"
     assert main(_certify_args(model, data, full, "--n0", "20", "--n", "100")) == 0
-    with _killed_after_first_group():
+    with killed_after_first_append(ProgressLog):
         main(args)
     partial = tmp_path / "c" / "partial.jsonl"
     header, first, *rest = partial.read_text().splitlines(keepends=True)
