@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: quick test lint
+.PHONY: quick test lint gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -23,3 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	. $(VENV)/bin/activate && ruff check src tests workflow benchmarks && snakefmt --check Snakefile workflow \
 	  && snakemake --lint
+
+# Prepares the GPU check (issue 21): wheels into .whl/, then prints the one device command.
+gpu-check: $(STAMP)
+	scripts/gpu-check prepare

@@ -169,6 +169,52 @@ def test_crop_flip_is_reproducible_from_a_generator_or_the_global_seed():
     assert torch.equal(d, augment_batch(x, "crop_flip"))
 
 
+def _torchvision_crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The per-image torchvision path ``augment_batch`` replaced, drawing the same offsets and
+    flips in the same order: pad, one ``crop`` per image, ``horizontal_flip``."""
+    from torchvision.transforms.v2 import functional as TF
+
+    n, _, height, width = x.shape
+    tops, lefts = torch.randint(0, 9, (2, n), generator=generator).tolist()
+    flips = torch.rand(n, generator=generator) < 0.5
+    padded = TF.pad(x, [4])
+    crops = torch.stack(
+        [TF.crop(img, t, s, height, width) for img, t, s in zip(padded, tops, lefts, strict=True)]
+    )
+    return torch.where(flips.view(n, 1, 1, 1), TF.horizontal_flip(crops), crops)
+
+
+@pytest.mark.parametrize(
+    "shape, dtype",
+    [
+        ((256, 3, 32, 32), torch.float32),
+        ((33, 1, 28, 28), torch.float32),
+        ((9, 2, 5, 7), torch.uint8),
+    ],
+)
+def test_batched_crop_flip_equals_torchvision_per_image_crops(shape, dtype):
+    """Same generator state, same pixels, and the generator left in the same state."""
+    for seed in range(3):
+        x = (torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 255).to(dtype)
+        ours, theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        out = augment_batch(x, "crop_flip", generator=ours)
+        assert out.dtype == dtype and out.is_contiguous()
+        assert torch.equal(out, _torchvision_crop_flip(x, theirs))
+        assert torch.equal(ours.get_state(), theirs.get_state())
+
+
+def test_batched_crop_flip_reads_a_channels_last_batch_alike():
+    x = torch.rand(16, 3, 32, 32)
+    out = augment_batch(
+        x.contiguous(memory_format=torch.channels_last),
+        "crop_flip",
+        generator=torch.Generator().manual_seed(1),
+    )
+    assert torch.equal(
+        out, augment_batch(x, "crop_flip", generator=torch.Generator().manual_seed(1))
+    )
+
+
 def test_unknown_augmentation_is_named():
     with pytest.raises(ValueError, match="unknown augmentation 'mixup'"):
         augment_batch(torch.rand(2, 3, 32, 32), "mixup")

@@ -324,6 +324,23 @@ def test_cli_resumes_with_another_alpha_and_discards_progress_of_another_model(t
     assert "resuming" not in err
 
 
+def test_cli_precision_is_part_of_the_certification_identity(tmp_path, capsys):
+    model, data = _save_model(tmp_path / "model.pt", 0), _test_split(tmp_path / "test.npz", 8)
+    out = tmp_path / "c"
+    args = _certify_args(model, data, out, "--n0", "20", "--n", "100", "--batch-size", "40")
+    with killed_after_first_append(ProgressLog):
+        main(args)
+    capsys.readouterr()
+    # bf16 evaluates another classifier: fp32's sampled images are not reused
+    assert main([*args, "--precision", "bf16"]) == 0
+    err = capsys.readouterr().err
+    assert "discarded, it is from a different run (precision differ)" in err
+    with np.load(out / "counts.npz") as f:
+        assert str(f["precision"]) == "bf16"
+    assert main([*args, "--precision", "fp16"]) == 2
+    assert "argument --precision: invalid choice: 'fp16'" in capsys.readouterr().err
+
+
 def test_cli_certifies_no_radius_from_a_forged_progress_record(tmp_path, capsys):
     model, data = _save_model(tmp_path / "model.pt", 0), _test_split(tmp_path / "test.npz", 8)
     args = _certify_args(model, data, tmp_path / "c", "--n0", "20", "--n", "100")

@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from robustreg import smoothing
 from robustreg.io import image_ids
 from robustreg.models import create_model
-from robustreg.smoothing import certify_counts, image_generator, sample_counts
+from robustreg.smoothing import certify_counts, evaluated_in, image_generator, sample_counts
 
 K = 10
 
@@ -208,3 +209,74 @@ def test_image_ids_default_indices_tensor_labels_and_mismatch():
             device="cpu",
             num_classes=4,
         )
+
+
+class Autocast(nn.Module):
+    """``inner`` evaluated under bfloat16 autocast on the CPU, built by hand: what
+    ``precision="bf16"`` must amount to."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.inner(x).float()
+
+
+def _lenet_counts(model, precision: str) -> np.ndarray:
+    images = torch.rand((3, 1, 28, 28), generator=torch.Generator().manual_seed(1))
+    result = certify_counts(
+        model,
+        images,
+        [0, 1, 2],
+        sigma=0.25,
+        n0=10,
+        n=300,
+        batch_size=100,
+        seed=0,
+        device="cpu",
+        num_classes=K,
+        progress=False,
+        precision=precision,
+    )
+    return np.stack([result["counts0"], result["counts"]])
+
+
+def test_bf16_precision_is_autocast_of_the_same_noisy_samples():
+    torch.manual_seed(0)
+    model = create_model("lenet_mnist", K)
+    bf16 = _lenet_counts(model, "bf16")
+    by_hand = _lenet_counts(Autocast(model), "fp32")
+    np.testing.assert_array_equal(bf16, by_hand)
+    # a different classifier: its counts differ somewhere from fp32's, but the top class holds
+    fp32 = _lenet_counts(model, "fp32")
+    assert (bf16.sum(axis=-1) == fp32.sum(axis=-1)).all()
+    np.testing.assert_array_equal(bf16[1].argmax(1), fp32[1].argmax(1))
+
+
+def test_fp32_precision_turns_tf32_off_for_its_duration_only():
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    with evaluated_in("fp32", "cpu"):
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+    assert (conv.fp32_precision, matmul.fp32_precision) == before
+    with (
+        pytest.raises(ValueError, match="precision: 'fp16' is not one of fp32, bf16"),
+        evaluated_in("fp16", "cpu"),
+    ):
+        pass
+
+
+def test_cpu_slices_of_a_batch_give_the_counts_of_one_forward_pass(monkeypatch):
+    torch.manual_seed(0)
+    model = create_model("lenet_mnist", K)
+    images = torch.rand((2, 1, 28, 28), generator=torch.Generator().manual_seed(3))
+
+    def counts():
+        gens = [image_generator(0, i, "cpu") for i in range(2)]
+        return sample_counts(model, images, 0.5, 1200, K, 1200, gens)
+
+    sliced = counts()
+    monkeypatch.setattr(smoothing, "CPU_SLICE", 10**6)
+    np.testing.assert_array_equal(sliced.numpy(), counts().numpy())

@@ -70,6 +70,18 @@ def test_two_tables_asking_for_the_same_models_share_them(workdir):
     assert jobs["table"] == 2
 
 
+def test_bf16_certification_is_its_own_result_and_passed_to_the_command(workdir):
+    name = overlay(workdir, "bf16.yaml", {"certify": {"mnist": {"precision": "bf16"}}})
+    proc = snakemake(workdir, "--dry-run", "--printshellcmds", "--cores", "1", TARGET)
+    fp32 = set(re.findall(r"results/certify/\S+/counts\.npz", proc.stdout))
+    proc = snakemake(
+        workdir, "--dry-run", "--printshellcmds", "--cores", "1", TARGET, "--configfile", name
+    )
+    bf16 = set(re.findall(r"results/certify/\S+/counts\.npz", proc.stdout))
+    assert len(fp32) == len(bf16) == 18 and not fp32 & bf16
+    assert proc.stdout.count("--precision bf16") == 18
+
+
 @pytest.mark.parametrize(
     ("content", "key"),
     [
@@ -85,6 +97,7 @@ def test_two_tables_asking_for_the_same_models_share_them(workdir):
         ({"certify": {"mnist": {"alpha": float("nan")}}}, "alpha"),
         ({"seed": 10**23}, "seed"),
         ({"certify": {"mnist": {"batch_size": 10**12}}}, "batch_size"),
+        ({"certify": {"mnist": {"precision": "fp16"}}}, "precision"),
     ],
 )
 def test_bad_config_is_refused_before_any_job_naming_the_key(workdir, content, key):

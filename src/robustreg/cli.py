@@ -1,6 +1,6 @@
 """``python -m robustreg <command>``: the commands the Snakemake rules call.
 
-Commands: data, train, certify, tcertify, attack, bounds, cells, table, figure, index. Every
+Commands: data, train, certify, tcertify, attack, bounds, cells, table, figure, index, cost. Every
 command is usable without Snakemake. Errors in the user's input end the command with one line
 naming the bad file or key (exit status 2); a training run whose loss becomes NaN ends with
 status 3 and writes no model.
@@ -147,6 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", default=100000, type=_SAMPLES)
     p.add_argument("--alpha", default=0.001, type=_PROBABILITY)
     p.add_argument("--batch-size", default=1000, type=_BATCH_SIZE)
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="how the base classifier is evaluated (the certificate is for it as evaluated): "
+        "fp32, IEEE single precision (no TF32); bf16, autocast, the GPU's fast path",
+    )
     _selection_args(p, "certify")
     p.add_argument("--seed", default=0, type=_SEED)
     p.add_argument("--out-dir", required=True, type=Path)
@@ -223,6 +230,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("reports", nargs="+", type=Path)
 
+    p = sub.add_parser(
+        "cost", help="the jobs report targets plan and their GPU-hours, without running them"
+    )
+    p.add_argument(
+        "targets", nargs="*", help="report targets, e.g. reports/consistency.md; all: every one"
+    )
+    p.add_argument(
+        "--configfile",
+        nargs="+",
+        action="extend",
+        default=[],
+        type=Path,
+        help="overlays on config.yaml, as snakemake's --configfile",
+    )
+    p.add_argument(
+        "--gpus", default=1, type=_COUNT, help="GPUs of the wall-clock estimate (default 1)"
+    )
+    p.add_argument(
+        "--readme-table",
+        action="store_true",
+        help="print README's Hardware and cost table (every job, whatever results/ holds)",
+    )
+
     try:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # -h, or a usage error _Parser has reported
@@ -238,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         "table": _table,
         "figure": _figure,
         "index": _index,
+        "cost": _cost,
     }
     try:
         return commands[args.command](args)
@@ -558,7 +589,9 @@ def _certify(args) -> int:
     # Everything an image's counts depend on (see robustreg.smoothing): records of a run that
     # differs in any of these are never mixed in. Alpha and the selection of images are not
     # among them; the results are computed from all selected images' counts at the end.
-    identity = _identity(args, device, sigma=args.sigma, n0=args.n0, n=args.n)
+    identity = _identity(
+        args, device, sigma=args.sigma, n0=args.n0, n=args.n, precision=args.precision
+    )
     progress = _progress_log(ProgressLog, args, identity)
     # what each earlier record must fit, or it is sampled again
     samples = {"counts0": args.n0, "counts": args.n}
@@ -579,9 +612,18 @@ def _certify(args) -> int:
             indices=keep,
             done=progress.resume(expected),
             on_group=progress.append,
+            precision=args.precision,
         )
     with atomic_path(args.out_dir / "counts.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, sigma=args.sigma, n0=args.n0, n=args.n, seed=args.seed, **result)
+        np.savez(
+            fh,
+            sigma=args.sigma,
+            n0=args.n0,
+            n=args.n,
+            seed=args.seed,
+            precision=args.precision,
+            **result,
+        )
     prediction, radius, _ = certify(result["counts0"], result["counts"], args.sigma, args.alpha)
     write_certify_log(
         args.out_dir / "certify.tsv",
@@ -810,6 +852,20 @@ def _index(args) -> int:
     from robustreg.tables.index import render_index
 
     render_index(args.title, args.reports, args.out)
+    return 0
+
+
+def _cost(args) -> int:
+    from robustreg.cost import RATES_FILE, costs, load_config, load_rates, readme_table, render
+
+    config = load_config(args.configfile)
+    rates = load_rates(RATES_FILE)
+    if args.readme_table:
+        print(readme_table(config, rates))
+        return 0
+    if not args.targets:
+        raise ValueError("name a report target, e.g. reports/consistency.md")
+    print(render(costs(config, args.targets, rates=rates), args.gpus))
     return 0
 
 

@@ -53,7 +53,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from robustreg.data import open_training_images
+from robustreg.data import open_training_images, to_device
 from robustreg.integrity import file_sha256, first_line, set_aside, set_aside_note
 from robustreg.io import atomic_path
 from robustreg.models import create_model
@@ -269,6 +269,13 @@ def train(
             "not supported with schedule.processes > 1"
         )
     objective = build_objective(config["method"], config["sigma"], config["params"])
+    # Judged on every device, although only CUDA runs autocast: a schedule is refused alike
+    # wherever it is tried.
+    problem = getattr(objective, "bf16_problem", None) if schedule.get("amp") else None
+    if problem:
+        raise ValueError(
+            f"schedule.amp: method {config['method']!r} cannot train in bfloat16: {problem}"
+        )
     images = open_training_images(
         train_split,
         limit=config["data"].get("train_limit"),
@@ -304,10 +311,14 @@ def train(
             train_split, config, held, schedule["batch_size"], workers
         )
 
+    amp = bool(schedule.get("amp")) and device.type == "cuda"
+    # Channels-last convolutions are about 1.7x faster on the CPU, and cuDNN's bfloat16
+    # tensor-core convolutions run channels-last (it transposes contiguous NCHW tensors
+    # around each one); float32 CUDA runs keep the contiguous layout. Weights are unchanged.
+    channels_last = device.type == "cpu" or amp
     torch.manual_seed(config["seed"])
     model = create_model(config["arch"], config["num_classes"]).to(device)
-    if device.type == "cpu":
-        # channels-last convolutions are about 1.7x faster on this CPU; weights are unchanged.
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, schedule)
     scheduler = lr_schedule(optimizer, schedule)
@@ -356,7 +367,6 @@ def train(
     # optional, so a wrapper that lacks them (as tests use) trains one step per chunk.
     replays = getattr(objective, "replays", 1)
     after_backward = getattr(objective, "after_backward", None)
-    amp = bool(schedule.get("amp")) and device.type == "cuda"
     where = f"({config['method']}, sigma={config['sigma']})"
     over = f", mean over {world} processes" if world > 1 else ""
     bar = tqdm(
@@ -377,9 +387,9 @@ def train(
         plan = _rank_chunks(order, batch_size, objective.batch_split, rank, world)
         batches = images.batches(chunk for chunk, _ in plan)
         for (x, y), (chunk, weight) in zip(batches, plan, strict=True):
-            if device.type == "cpu":
+            if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            indices = chunk.to(device)
+            indices = to_device(chunk, device)
             for _ in range(replays):
                 ctx = StepContext(
                     epoch=epoch,
@@ -391,7 +401,10 @@ def train(
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     loss, logs = objective(net, x, y, ctx)
                 # Every rank must stop at the same step: one that raised alone would leave
-                # the others waiting for it in backward's all-reduce.
+                # the others waiting for it in backward's all-reduce. Reading the flag waits
+                # for the device to finish the forward pass, the step's one wait, which the
+                # objective's logs (floats, fetched as its forward pass ends) share; so the
+                # run ends at the step whose loss is not finite, before any weight changes.
                 seen = _mean_over_ranks(loss.detach(), world)
                 if not torch.isfinite(seen):
                     raise TrainingDiverged(
@@ -412,7 +425,7 @@ def train(
                     totals[key] = totals.get(key, 0.0) + value
         # A finite loss can still leave non-finite weights or batch-norm statistics behind
         # (the last step's update); such a model could never be certified.
-        bad = next((k for k, v in model.state_dict().items() if not _finite(v)), None)
+        bad = _first_non_finite(model.state_dict())
         if _on_any_rank(bad is not None, device, world):
             raise TrainingDiverged(
                 f"{bad or 'a weight of another process'} became non-finite in epoch "
@@ -712,6 +725,16 @@ def _means_over_ranks(values: dict[str, float], device: torch.device, world: int
     stacked = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
     dist.all_reduce(stacked)
     return dict(zip(values, (stacked / world).tolist(), strict=True))
+
+
+def _first_non_finite(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding a non-finite value, or None;
+    one read from the device for all of them."""
+    floats = {k: v for k, v in tensors.items() if v.is_floating_point()}
+    if not floats:
+        return None
+    finite = torch.stack([torch.isfinite(v).all() for v in floats.values()]).tolist()
+    return next((k for k, ok in zip(floats, finite, strict=True) if not ok), None)
 
 
 def _finite(tensor: torch.Tensor) -> bool:

@@ -138,6 +138,8 @@ def certify_args(wildcards):
     args += ["--batch-size", c["batch_size"], "--skip", c["skip"], "--seed", c["seed"]]
     if c["max_images"]:
         args += ["--max-images", c["max_images"]]
+    if "precision" in c:
+        args += ["--precision", c["precision"]]
     return [str(a) for a in args]
 
 

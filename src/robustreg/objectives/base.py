@@ -87,6 +87,17 @@ class Objective:
     def after_backward(self, ctx: StepContext) -> None:
         """Called by the loop after each step's backward pass, before the optimizer steps."""
 
+    @property
+    def bf16_problem(self) -> str | None:
+        """Why this method cannot train under a bfloat16 autocast (``schedule.amp``), or None.
+
+        The training loop refuses an ``amp`` schedule for a method that says why. Every
+        other method's loss under a CPU bfloat16 autocast agrees with its float32 loss
+        (tests/test_amp.py): the forward passes round to bfloat16, the loss terms are
+        computed in float32 from the logits (``common.copy_logits``).
+        """
+        return None
+
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext
     ) -> tuple[torch.Tensor, dict[str, float]]:

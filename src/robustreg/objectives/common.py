@@ -48,7 +48,11 @@ def as_floats(**values: torch.Tensor | float) -> dict[str, float]:
     tensors = {k: v for k, v in values.items() if isinstance(v, torch.Tensor)}
     fetched = {}
     if tensors:
-        stacked = torch.stack([v.detach().reshape(()).to(torch.float64) for v in tensors.values()])
+        # on one device: torch.stack refuses a CPU scalar among CUDA ones
+        device = next(iter(tensors.values())).device
+        stacked = torch.stack(
+            [v.detach().reshape(()).to(device, torch.float64) for v in tensors.values()]
+        )
         fetched = dict(zip(tensors, stacked.tolist(), strict=True))
     return {k: fetched[k] if k in fetched else float(v) for k, v in values.items()}
 

@@ -30,7 +30,9 @@ Both forwards run in the model's current (train) mode, as tulip's second forward
 batch norm normalizes z by its own batch and updates its running statistics twice per step.
 ``h`` is in [0, 1] pixel units (tulip's CIFAR inputs are unstandardized [0, 1] images).
 Under a bfloat16 autocast the difference of two CE values of nearby inputs keeps only a few
-significant digits; tulip trains in float32.
+significant digits, so FD refuses ``schedule.amp`` (``bf16_problem``); tulip trains in
+float32. DBP's penalty is a gradient, not a difference, and agrees with float32's to about
+1% (tests/test_amp.py).
 
 Logs: ``loss``, ``xent`` (mean clean CE), ``penalty`` (mean ``R_i``, the estimated squared
 dual norm on the scale above) and ``acc`` (accuracy of the clean logits).
@@ -108,6 +110,19 @@ class GradientNorm(Objective):
             f"need one of {', '.join(METHODS)}, got {self.method!r}",
         )
         require(is_real(self.h) and self.h > 0, "h", f"need a number > 0, got {self.h!r}")
+
+    @property
+    def bf16_problem(self) -> str | None:
+        if self.method != "fd":
+            return None
+        # Each CE keeps about 3 significant digits in bfloat16 and their difference is about
+        # h * ||g||, so the relative error of R_i grows as h or the input gradient shrinks:
+        # on a small net at initialization it is tens of percent at h = 0.01 and a factor
+        # hundreds at h = 1e-4 (tests/test_amp.py), worse as training shrinks ||g||.
+        return (
+            "finite differences (method: fd) divide the difference of two nearby losses by h, "
+            "and bfloat16 keeps about 3 significant digits of each; use method: dbp or float32"
+        )
 
     def penalty_terms(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor

@@ -126,7 +126,7 @@ class Macer(Objective):
             loss=loss,
             xent=classification / batch,
             reg=robustness / batch,
-            robust_frac=torch.as_tensor(count, dtype=torch.float64) / batch,
+            robust_frac=count / batch,  # count: 0, or a tensor on the device
             lbd=lbd,
             acc=accuracy(logits, y),
         )
