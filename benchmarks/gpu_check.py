@@ -38,6 +38,8 @@ from pathlib import Path
 
 import yaml
 
+from robustreg.integrity import first_line
+
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "benchmarks"
 PACKAGES = [
@@ -134,11 +136,6 @@ class Check:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             for future in [pool.submit(self.run, *job) for job in jobs]:
                 future.result()
-
-
-def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def last_error_line(log: Path) -> str:
