@@ -18,7 +18,7 @@ quick: $(STAMP)
 	  --configfile config/quick.yaml
 
 test: $(STAMP)
-	. $(VENV)/bin/activate && pytest -q --durations=25
+	. $(VENV)/bin/activate && pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 lint: $(STAMP)
 	. $(VENV)/bin/activate && ruff check src tests workflow benchmarks && snakefmt --check Snakefile workflow \

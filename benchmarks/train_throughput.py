@@ -66,7 +66,7 @@ from robustreg.data import save_split
 from robustreg.integrity import first_line
 from robustreg.models import create_model
 from robustreg.objectives import build_objective, uses_sigma
-from robustreg.schedule import build_optimizer
+from robustreg.optim import build_optimizer
 from robustreg.train import device_name, train
 
 CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"

@@ -7,9 +7,12 @@ up so that most images are classified correctly and some are not.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,7 @@ from torch import nn
 
 from robustreg.attacks.atent import atent_attack
 from robustreg.attacks.pgd import pgd
+from robustreg.attacks.registry import IMPLEMENTED_IN, REGISTRY, implementation
 from robustreg.attacks.suite import (
     OUTCOME_COLUMNS,
     OutcomeLog,
@@ -352,6 +356,33 @@ def test_resolve_fills_defaults_and_casts_numbers():
     assert isinstance(resolved["eps"], float)
     pgd = resolve_attack({"kind": "pgd", "norm": "l2", "eps": 2, "steps": 40, "step_size": 0.25})
     assert pgd["restarts"] == 1 and pgd["random_start"] is True
+
+
+def test_every_kind_runs_as_its_declaration_in_its_librarys_module():
+    """The registry declares each kind torch-free; the class that runs it adds only
+    ``perturb``, in the one module of its library that ``build_attack`` imports."""
+    for kind, declared in REGISTRY.items():
+        runs = implementation(kind)
+        assert issubclass(runs, declared) and runs.kind == kind
+        assert runs.__module__ == IMPLEMENTED_IN[declared.distribution]
+        assert dataclasses.fields(runs) == dataclasses.fields(declared)
+
+
+def test_settings_resolve_without_torch_or_an_attack_library():
+    """Planning resolves every attack's and bounds job's settings (issue 19: no torch)."""
+    code = (
+        "import sys\n"
+        "from robustreg.attacks.registry import REGISTRY, resolve_attack\n"
+        "from robustreg.bound_settings import resolve_bound_settings\n"
+        "resolve_attack({'kind': 'cw_linf', 'eps': 0.1})\n"
+        "resolve_attack({'kind': 'logbarrier', 'norm': 'l2'})\n"
+        "resolve_attack({'kind': 'autoattack', 'norm': 'l2', 'eps': 0.5})\n"
+        "resolve_bound_settings({'norm': 'l2', 'eps': [0.5], 'samples': 2, 'block': 10})\n"
+        "heavy = ('torch', 'scipy', 'pandas', 'foolbox', 'art', 'pyautoattack')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # --- the outcome log -----------------------------------------------------------------------------

@@ -55,6 +55,14 @@ def test_clopper_pearson_vectorized_and_scalar_types():
     assert isinstance(clopper_pearson_lower(5, 10, 0.05), float)
 
 
+def test_clopper_pearson_is_scipy_stats_beta_quantile():
+    k = np.array([1, 2, 5, 50, 99, 100, 4_980, 50_000, 99_990, 100_000])
+    n = np.array([1, 10, 10, 100, 100, 100, 10_000, 100_000, 100_000, 100_000])
+    for alpha in (1e-6, 0.001, 0.05, 0.5):
+        expected = beta.ppf(alpha, k, n - k + 1)
+        np.testing.assert_allclose(clopper_pearson_lower(k, n, alpha), expected, rtol=1e-13)
+
+
 @pytest.mark.parametrize(("k", "n", "alpha"), [(11, 10, 0.05), (-1, 10, 0.05), (5, 10, 0.0)])
 def test_clopper_pearson_rejects_invalid_input(k, n, alpha):
     with pytest.raises(ValueError):
@@ -193,6 +201,19 @@ def test_predict_decision_matches_scipy_binomtest():
         expected = order[0] if binomtest(n_a, n_a + n_b, 0.5).pvalue <= alpha else ABSTAIN
         assert predicted == expected
     assert 0 < np.sum(prediction == ABSTAIN) < 50
+
+
+@pytest.mark.parametrize(("trials", "alpha"), [(100, 0.001), (1_001, 0.05), (100_000, 0.001)])
+def test_predict_decides_as_scipy_binomtest_around_the_critical_count(trials, alpha):
+    # every split of the trials between two classes from clear abstention to clear prediction
+    critical = next(
+        k for k in range(trials // 2, trials + 1) if binomtest(k, trials).pvalue <= alpha
+    )
+    n_top = np.arange(max(trials // 2, critical - 20), min(trials, critical + 20) + 1)
+    counts = np.stack([trials - n_top, n_top], axis=1)
+    expected = [1 if binomtest(int(k), trials, 0.5).pvalue <= alpha else ABSTAIN for k in n_top]
+    assert predict(counts, alpha).tolist() == expected
+    assert ABSTAIN in expected and 1 in expected
 
 
 def test_predict_single_image_and_no_samples():
@@ -376,3 +397,13 @@ def test_max_certified_radius_hand_derived_and_reached_by_certify():
     assert max_certified_radius(0.5, 9, 0.001) == 0.0
     with pytest.raises(ValueError, match="need sigma > 0 and n >= 1"):
         max_certified_radius(0.0, 100, 0.001)
+    with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\)"):
+        max_certified_radius(0.25, 100, 1.0)
+
+
+@pytest.mark.parametrize("n", [10, 100, 1_000, 100_000])
+@pytest.mark.parametrize("alpha", [1e-6, 0.001, 0.05])
+def test_max_certified_radius_closed_form_is_scipy_stats(n, alpha):
+    # the radius of n of n samples on the top class: Phi^-1 of Beta(n, 1)'s alpha-quantile
+    expected = max(0.0, 0.25 * norm.ppf(beta.ppf(alpha, n, 1)))  # 0 when nothing certifies
+    assert max_certified_radius(0.25, n, alpha) == pytest.approx(expected, rel=1e-12)

@@ -31,7 +31,7 @@ from conftest import same_weights, train_killed_then_resumed
 from robustreg.cli import main
 from robustreg.data import save_split
 from robustreg.objectives.base import REGISTRY, Objective
-from robustreg.schedule import lr_schedule
+from robustreg.optim import lr_schedule
 from robustreg.train import TrainingDiverged, load_model, train
 
 K = 10

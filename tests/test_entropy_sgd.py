@@ -10,8 +10,8 @@ import torch
 from conftest import same_weights, train_killed_then_resumed
 
 import robustreg.train as train_module
-from robustreg.optim import EntropySGD
-from robustreg.schedule import build_optimizer
+from robustreg.optim import EntropySGD, build_optimizer
+from robustreg.schedule import check_schedule
 from robustreg.train import TrainingDiverged, load_model, train
 
 
@@ -272,6 +272,55 @@ def test_schedule_errors_name_the_key(tmp_path, synthetic_split, monkeypatch):
     monkeypatch.setattr(train_module, "_rank_and_world", lambda processes: (0, 2))
     with pytest.raises(ValueError, match="schedule.optimizer: not supported with schedule.proc"):
         run()
+
+
+SGD = {"optimizer": "sgd", "entropy_sgd": None}
+ADAM = {"optimizer": "adam", "momentum": 0.0, "nesterov": False, "entropy_sgd": None}
+
+
+def _torch_optimizer(schedule: dict) -> torch.optim.Optimizer:
+    """The optimizer of ``schedule`` as torch (or EntropySGD) builds it, unchecked by us."""
+    params = torch.nn.Linear(1, 1).parameters()
+    rates = {key: schedule[key] for key in ("lr", "weight_decay")}
+    if schedule["optimizer"] == "adam":
+        return torch.optim.Adam(params, **rates)
+    rates |= {key: schedule[key] for key in ("momentum", "nesterov")}
+    if schedule["optimizer"] == "sgd":
+        return torch.optim.SGD(params, dampening=0.0, **rates)
+    return EntropySGD(params, **rates, **schedule["entropy_sgd"])
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (SGD | {"lr": -0.1}, "schedule.lr: need a number >= 0, got -0.1"),
+        (SGD | {"momentum": -0.5}, "schedule.momentum: need a number >= 0"),
+        (SGD | {"weight_decay": -1e-4}, "schedule.weight_decay: need a number >= 0"),
+        (SGD | {"momentum": 0.0}, "schedule.nesterov: Nesterov momentum needs momentum > 0"),
+        (ADAM | {"lr": -0.1}, "schedule.lr: need a number >= 0"),
+        (ADAM | {"weight_decay": -1.0}, "schedule.weight_decay: need a number >= 0"),
+        ({"momentum": 1.0}, "schedule.entropy_sgd.momentum: need 0 <= momentum < 1"),
+    ],
+)
+def test_planning_refuses_what_the_optimizer_refuses(changes, message):
+    # check_schedule (planning, without torch) and the optimizer the job builds agree
+    schedule = experiment(**changes)["schedule"]
+    with pytest.raises(ValueError, match=message):
+        check_schedule(schedule)
+    with pytest.raises(ValueError):
+        _torch_optimizer(schedule)
+    with pytest.raises(ValueError, match=message):
+        build_optimizer(torch.nn.Linear(1, 1), schedule)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{}, SGD, SGD | {"lr": 0.0, "momentum": 0.0, "nesterov": False}, SGD | {"momentum": 1.5}, ADAM],
+)
+def test_planning_accepts_what_the_optimizer_accepts(changes):
+    schedule = experiment(**changes)["schedule"]
+    check_schedule(schedule)
+    _torch_optimizer(schedule)
 
 
 def test_adam_trains_with_torch_adam(tmp_path, synthetic_split):

@@ -15,13 +15,14 @@ from test_plan import merged
 
 from robustreg.certify import certified_accuracy, write_certify_log
 from robustreg.plan import ConfigError, cells_document, make_plan, write_cells_document
-from robustreg.tables import load_figure_spec, load_spec, render_figure
+from robustreg.tables import load_figure_spec, load_spec
 from robustreg.tables.figure import (
     curve_grid,
     draw_figure,
     error_curve,
     figure_curves,
     paper_points,
+    render_figure,
 )
 from robustreg.tables.render import load_cells
 from robustreg.tables.spec import LINE_STYLES, available_specs, specs_dir
@@ -783,7 +784,7 @@ def test_robustness_curves_are_the_exact_empirical_error_steps(tmp_path):
 def test_robustness_curves_agree_with_the_table(tmp_path):
     """The table's empirical errors are points of the figure's curves (same logs, same
     function); step "post": the value at eps is that of the last step at or before it."""
-    from robustreg.tables import render_table
+    from robustreg.tables.render import render_table
 
     directory = rob_specs(tmp_path)
     cells_path = rob_cells(tmp_path)

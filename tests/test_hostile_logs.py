@@ -17,8 +17,9 @@ from robustreg.attacks.suite import write_outcomes
 from robustreg.bounds import bound_summary, write_bounds
 from robustreg.certify import LOG_COLUMNS, write_certify_log
 from robustreg.cli import main
-from robustreg.tables import render_figure, render_table
+from robustreg.tables.figure import render_figure
 from robustreg.tables.index import render_index
+from robustreg.tables.render import render_table
 
 SECRET = "hunter2"  # in files a cells file must not get quoted
 

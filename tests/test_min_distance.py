@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from robustreg.attacks.min_distance import pgd_min_distance
-from robustreg.attacks.suite import REGISTRY, PGDMin, build_attack, resolve_attack, run_attack
+from robustreg.attacks.ours import PGDMin
+from robustreg.attacks.suite import REGISTRY, build_attack, resolve_attack, run_attack
 
 N = 16  # pixels of a synthetic 1x4x4 image
 K = 4  # classes of the synthetic MLP

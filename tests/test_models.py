@@ -11,8 +11,9 @@ from conftest import same_weights, train_killed_then_resumed
 from torch import nn
 
 from robustreg.data import prepare_cifar10
-from robustreg.models import Normalize, create_model
-from robustreg.models.cifar_resnet import CifarResNet, cifar_resnet20
+from robustreg.models import Normalize, architectures, create_model
+from robustreg.models.cifar_resnet import CifarResNet
+from robustreg.models.registry import register_model
 from robustreg.train import load_model, train
 
 
@@ -70,16 +71,40 @@ def test_cifar_resnet_convolutions_start_from_fan_out_he_init():
     assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (3 * 3 * 64)), rel=0.02)
 
 
-def test_cifar_resnet_rejects_bad_depths_and_pretrained_weights():
+def test_cifar_resnet_rejects_bad_depths():
     with pytest.raises(ValueError, match=r"6n \+ 2"):
         CifarResNet(21)
-    with pytest.raises(ValueError, match="no pretrained weights"):
-        cifar_resnet20(pretrained=True)
 
 
 def test_lenet_still_builds():
     model = create_model("lenet_mnist", 10).eval()
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_the_registry_lists_every_paper_architecture_and_refuses_others():
+    assert architectures() == [
+        "cifar_resnet110",
+        "cifar_resnet20",
+        "imagenet_resnet50",
+        "imagenet_resnet50_bn0",
+        "lenet5_madry_mnist",
+        "lenet_mnist",
+        "resnext34_2x32_cifar",
+        "small_cnn_mnist",
+        "wrn28_4",
+        "wrn34_10",
+    ]
+    with pytest.raises(ValueError, match="unknown architecture 'resnet50'"):
+        create_model("resnet50", 10)  # timm's, not one of ours
+
+
+def test_an_architecture_name_is_registered_once():
+    def lenet_mnist(num_classes: int) -> nn.Module:
+        return nn.Linear(784, num_classes)
+
+    with pytest.raises(ValueError, match="'lenet_mnist' is registered twice"):
+        register_model(lenet_mnist)
+    assert isinstance(create_model("lenet_mnist", 10), nn.Sequential)
 
 
 @pytest.fixture
@@ -232,10 +257,8 @@ def test_atent_networks_start_from_the_authors_initialization():
     assert torch.all(wrn.fc.bias == 0)
 
 
-def test_atent_networks_reject_bad_depths_and_pretrained_weights():
-    from robustreg.models.wide_resnet import WideResNet, wrn34_10
+def test_atent_networks_reject_bad_depths():
+    from robustreg.models.wide_resnet import WideResNet
 
     with pytest.raises(ValueError, match=r"6n \+ 4"):
         WideResNet(30, 10)
-    with pytest.raises(ValueError, match="no pretrained weights"):
-        wrn34_10(pretrained=True)

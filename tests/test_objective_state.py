@@ -13,8 +13,7 @@ from conftest import lenet_experiment, same_weights, train_killed_then_resumed
 import robustreg.objectives.mma as mma_module
 import robustreg.train as train_module
 from robustreg.data import save_split
-from robustreg.objectives import REGISTRY
-from robustreg.objectives.base import keeps_state
+from robustreg.objectives import REGISTRY, keeps_state
 from robustreg.objectives.mma import MMA, SEARCH_HEADROOM
 from robustreg.schedule import holdout_positions
 from robustreg.train import train

@@ -9,6 +9,8 @@ make every loss a function of chosen logits.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -29,6 +31,7 @@ from robustreg.objectives import (
     resolve_params,
     uses_sigma,
 )
+from robustreg.objectives.base import Objective, implementation
 from robustreg.objectives.consistency import Consistency, consistency_regularizer
 from robustreg.objectives.gaussian import Gaussian
 from robustreg.objectives.macer import Macer, macer_robustness
@@ -481,6 +484,30 @@ def test_registry_and_parameter_names():
     assert set(REGISTRY) == set(EXPECTED_PARAMS)
     for method, names in EXPECTED_PARAMS.items():
         assert parameter_names(method) == names
+
+
+@pytest.mark.parametrize("method", sorted(EXPECTED_PARAMS))
+def test_each_declaration_names_its_implementation(method):
+    declared = REGISTRY[method]
+    cls = implementation(method)
+    assert cls.__module__ == declared.implemented_by.rpartition(".")[0]
+    assert issubclass(cls, declared) and issubclass(cls, Objective)
+    # the declaration alone holds the hyperparameters
+    assert cls.__dataclass_fields__ is declared.__dataclass_fields__
+
+
+def test_declarations_import_no_torch():
+    # what planning imports: every snakemake call pays for it (issue 19)
+    code = (
+        "import sys\n"
+        "from robustreg.objectives import describe, keeps_state, parameter_names\n"
+        "from robustreg.objectives import resolve_params, uses_sigma\n"
+        "from robustreg.schedule import check_schedule\n"
+        "describe('mma', {'norm': 'l2', 'hinge_max': 1.0, 'init_eps': 0.5, 'steps': 2})\n"
+        "print(sorted(name for name in ('torch', 'scipy') if name in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_resolve_params_errors():

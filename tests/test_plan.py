@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -468,17 +470,10 @@ def test_arch_is_one_of_the_registered_architectures(overlay, where):
 
 
 def test_schema_lists_exactly_the_registered_architectures():
-    import timm
-
-    import robustreg.models  # noqa: F401  (registers them)
+    from robustreg.models import architectures
 
     schema = yaml.safe_load(SCHEMA.read_text())
-    registered = {
-        name
-        for name in timm.list_models()
-        if timm.models.model_entrypoint(name).__module__.startswith("robustreg.models.")
-    }
-    assert set(schema["$defs"]["arch"]["enum"]) == registered
+    assert set(schema["$defs"]["arch"]["enum"]) == set(architectures())
 
 
 @pytest.mark.parametrize(
@@ -573,3 +568,23 @@ def test_ids_of_valid_configs_are_unchanged():
     )
     quick = make_plan(merged(yaml.safe_load((REPO / "config" / "quick.yaml").read_text())))
     assert "cifar10-cifar_resnet110-adre_adv-s0.25-1003bafeea" in quick.experiments
+
+
+def test_planning_a_config_with_attack_and_bounds_tables_imports_no_torch():
+    """Every snakemake call, SLURM job and cells job plans (issue 19): the whole plan of the
+    micro configuration, attack and robustness tables included, imports neither torch nor an
+    attack library, nor scipy.stats."""
+    code = (
+        "import sys\n"
+        "from robustreg.cost import load_config\n"
+        "from robustreg.plan import cells_document, make_plan\n"
+        f"plan = make_plan(load_config([{str(REPO / 'tests' / 'micro.yaml')!r}], {str(REPO)!r}))\n"
+        "assert plan.attacks and plan.bounds\n"
+        "for name, table in plan.tables.items():\n"
+        "    cells_document(table, f'reports/{name}.cells.yaml')\n"
+        "heavy = ('torch', 'timm', 'torchvision', 'foolbox', 'art', 'pyautoattack',"
+        " 'scipy.stats')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -18,7 +18,6 @@ from robustreg.models.resnext_cifar import (
     ConvUnit,
     LinearUnit,
     ResNeXtCifar,
-    resnext34_2x32_cifar,
 )
 
 
@@ -198,8 +197,6 @@ def test_forward_backward_on_two_images_is_fast(model):
 
 
 def test_bad_arguments_raise():
-    with pytest.raises(ValueError, match="no pretrained weights"):
-        resnext34_2x32_cifar(pretrained=True)
     with pytest.raises(ValueError, match="blocks"):
         ResNeXtCifar(blocks=(5, 0, 5))
     with pytest.raises(ValueError, match="unknown architecture"):

@@ -215,7 +215,7 @@ def _write_model(path, seconds: float):
 def test_robustness_table_renders_our_values_from_outcomes_bounds_and_model(tmp_path):
     """Table B.4 (outcome logs and a model) and B.6 (a bounds job) from synthetic files."""
     from robustreg.bounds import bound_summary, write_bounds
-    from robustreg.tables import render_table
+    from robustreg.tables.render import render_table
 
     pgd = _write_outcomes(tmp_path / "pgd" / "outcomes.tsv", [(0, 0.0, 0.0), (0, 0.5, 0.005)])
     cw = _write_outcomes(tmp_path / "cw" / "outcomes.tsv", [(0, 0.0, 0.0), (1, 0.0, 0.0)])

@@ -1,6 +1,7 @@
 """The SLURM profile (profiles/slurm) against a real single-node SLURM started by
-scripts/local-slurm: micro Table 2's σ = 0.25 models with every train and certify job a SLURM
-job (seen by sacct with its rule's request), certifying exactly as the local run of micro_run.
+scripts/local-slurm: micro Table 2's σ = 0.25 models and one job of each other kind (an attack,
+a bounds job, a T-CERTIFY), every job but the local rules a SLURM job seen by sacct with its
+rule's request, certifying exactly as the local run of micro_run.
 
 Needs root (the script installs SLURM with apt-get when absent and starts its daemons); the
 test is skipped, with the script's reason, where SLURM cannot be started, unless
@@ -27,9 +28,19 @@ SCRIPT = REPO / "scripts" / "local-slurm"
 TARGET = "reports/table2_mnist.md"
 # The test cluster has no GPUs; micro.yaml asks for none (gpu: 0), as a user of a GPU-less
 # cluster would, and the plugin then emits no GPU option at all.
-# One sigma of Table 2: six models, each a train and a certify job, are every kind of job the
-# profile submits; the other twelve would only repeat them (about five minutes of CI).
+# One sigma of Table 2: six models, one per method, each a train and a certify job; the other
+# twelve would only repeat them.
 ONE_SIGMA = {"tables": {"table2_mnist": {"sigmas": [0.25]}}}
+# The other kinds of job, each once, from the micro configuration's other papers: an attack
+# and a bounds job (SLURM jobs) and a T-CERTIFY (a local rule, as tables are, reading the counts
+# of a certify job that ran on SLURM). kind -> (table, row, column) whose cell names the job
+OTHER_KINDS = {
+    "attack": ("table1_atent", "sgd", "pgd40"),
+    "bounds": ("table1_gradreg", "undefended", "omega2"),
+    "tcertify": ("figure2_adre_models", "cifar_tcertify", None),
+}
+# The rules whose request micro.yaml sets (resources:); the others take the defaults.
+REQUESTED = ("train", "certify", "attack", "bounds")
 SACCT_FIELDS = "JobIDRaw,JobName,State,Partition,Account,ReqCPUS,ReqMem,Timelimit,ReqTRES,Comment"
 
 
@@ -79,10 +90,12 @@ def test_micro_table2_runs_as_slurm_jobs_and_matches_the_local_run(
     partition, account = slurm_cluster
     workdir = workflow_copy(tmp_path)
     (workdir / "one_sigma.yaml").write_text(yaml.safe_dump(ONE_SIGMA))
+    others = _other_kinds(workdir, ["micro.yaml", "one_sigma.yaml"])
     since = (datetime.now() - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S")
     proc = snakemake(
         workdir,
         TARGET,
+        *others.values(),
         "--configfile",
         "micro.yaml",
         "one_sigma.yaml",
@@ -105,44 +118,56 @@ def test_micro_table2_runs_as_slurm_jobs_and_matches_the_local_run(
     assert jobs and all(job["State"] == "COMPLETED" for job in jobs.values()), jobs
     assert {(job["Partition"], job["Account"]) for job in jobs.values()} == {(partition, account)}
 
-    # Each train / certify rule log has its job's SLURM log, named by the job id, under
-    # .snakemake/slurm_logs/rule_<rule>/<wildcards joined by _>/<jobid>.log, and sacct
-    # knows that job with the plugin's comment rule_<rule>_wildcards_<wildcards>.
+    # Each rule log has its job's SLURM log, named by the job id, under
+    # .snakemake/slurm_logs/rule_<rule>/<wildcards joined by _>/<jobid>.log, and sacct knows
+    # that job with the plugin's comment rule_<rule>_wildcards_<wildcards>.
     expected = {
-        "train": sorted(p.stem for p in (workdir / "logs" / "train").glob("*.log")),
-        "certify": sorted(
-            f"{p.parent.name}_{p.stem}" for p in (workdir / "logs" / "certify").glob("*/*.log")
-        ),
+        rule: sorted(
+            "_".join(p.relative_to(workdir / "logs" / rule).with_suffix("").parts)
+            for p in (workdir / "logs" / rule).rglob("*.log")
+        )
+        for rule in ("train", "certify", "attack", "bounds")
     }
-    assert (len(expected["train"]), len(expected["certify"])) == (6, 6)
+    # Table 2's six models and certifications; an attacked, a bounded and a T-certified model,
+    # the last certified first
+    assert {rule: len(names) for rule, names in expected.items()} == {
+        "train": 6 + 3,
+        "certify": 6 + 1,
+        "attack": 1,
+        "bounds": 1,
+    }
     micro = yaml.safe_load((workdir / "micro.yaml").read_text())["resources"]
     slurm_logs = workdir / ".snakemake" / "slurm_logs"
     for rule, wildcards in expected.items():
-        asked = micro[rule]
         for name in wildcards:
             ids = [p.stem for p in (slurm_logs / f"rule_{rule}" / name).glob("*.log")]
             assert len(ids) == 1, (rule, name, ids)
             job = jobs[ids[0]]
             assert job["Comment"] == f"rule_{rule}_wildcards_{name}"
-            # threads -> --cpus-per-task, mem_mb -> --mem, runtime (minutes) -> -t; no GPU
+            assert "gpu" not in job["ReqTRES"], job
+            if rule not in REQUESTED:
+                continue
+            # threads -> --cpus-per-task, mem_mb -> --mem, runtime (minutes) -> -t
+            asked = micro[rule]
             assert int(job["ReqCPUS"]) == asked["threads"], job
             assert job["ReqMem"] == f"{asked['mem_mb']}M", job
             assert job["Timelimit"] == str(timedelta(minutes=asked["runtime"])).zfill(8), job
-            assert "gpu" not in job["ReqTRES"], job
-    # ... and nothing else ran on SLURM but the dataset job (tables are local rules).
-    others = {job["Comment"].split("_wildcards_")[0] for job in jobs.values()} - {
-        "rule_train",
-        "rule_certify",
-    }
-    assert others == {"rule_dataset"}
-    assert len(jobs) == 6 + 6 + 1
+    # ... and nothing else ran on SLURM but the two dataset jobs (T-CERTIFY and the tables are
+    # local rules).
+    kinds = {job["Comment"].split("_wildcards_")[0] for job in jobs.values()}
+    assert kinds == {f"rule_{rule}" for rule in (*expected, "dataset")}
+    assert len(jobs) == sum(map(len, expected.values())) + 2
+    assert len(list((workdir / "logs" / "tcertify").rglob("*.log"))) == 1
+    assert not (slurm_logs / "rule_tcertify").exists()
+    for path in others.values():
+        assert (workdir / path).stat().st_size > 0, path
 
     # The local run of the same configuration and seeds (conftest's session fixture, asked
-    # for only now, so that a machine without SLURM skips before that ten-minute run) trained
+    # for only now, so that a machine without SLURM skips before that run) trained
     # the same six models (same ids): their per-image certificates are the same, and so are
     # the Table 2 cells they fill.
     micro_run = request.getfixturevalue("micro_run")
-    logs = sorted((workdir / "results" / "certify").glob("*/*/certify.tsv"))
+    logs = sorted((workdir / "results" / "certify").glob("mnist-*/*/certify.tsv"))
     assert len(logs) == 6
     for log in logs:
         ours = read_certify_log(log).drop(columns="time")
@@ -156,26 +181,49 @@ def test_micro_table2_runs_as_slurm_jobs_and_matches_the_local_run(
     assert ours.equals(local[local.group == 0.25].reset_index(drop=True))
 
 
-# One training long enough to overrun a one-minute limit: 60 epochs of 4,000 MNIST images take
-# about two to three minutes here.
+# One training long enough to overrun a one-minute limit, and short enough for the retry's two
+# minutes: 100 epochs of 4,000 MNIST images take about 100 s here (an epoch takes 1 s, with
+# the rest of the test suite running beside it; 2 s on a busier machine, and then the second
+# retry's three minutes finish it).
+SLOW_EPOCHS = 100
 SLOW_TRAINING = {
     "data": {"mnist": {"train_limit": None}},
-    "schedules": {"mnist": {"epochs": 60, "lr_milestones": [30]}},
+    "schedules": {"mnist": {"epochs": SLOW_EPOCHS, "lr_milestones": [SLOW_EPOCHS // 2]}},
     "resources": {"train": {"runtime": 1}},
 }
 
 
-def _experiment_of(workdir: Path, overlays: list[str], row: str, sigma: float) -> str:
-    """The id Snakemake will give Table 2's (row, sigma) model under these overlays."""
+def _plan(workdir: Path, overlays: list[str]):
     config = yaml.safe_load((workdir / "config.yaml").read_text())
     for name in overlays:
         update_config(config, yaml.safe_load((workdir / name).read_text()))
+    return make_plan(config)
+
+
+def _experiment_of(workdir: Path, overlays: list[str], row: str, sigma: float) -> str:
+    """The id Snakemake will give Table 2's (row, sigma) model under these overlays."""
     cell = next(
         c
-        for c in make_plan(config).tables["table2_mnist"].cells
+        for c in _plan(workdir, overlays).tables["table2_mnist"].cells
         if (c.row, c.sigma) == (row, sigma)
     )
     return cell.experiments[0]
+
+
+def _other_kinds(workdir: Path, overlays: list[str]) -> dict[str, str]:
+    """Per kind of ``OTHER_KINDS``, the output its job writes for that table's row and column."""
+    plan = _plan(workdir, overlays)
+    outputs = {}
+    for kind, (table, row, column) in OTHER_KINDS.items():
+        cell = next(c for c in plan.tables[table].cells if c.row == row)
+        if kind == "attack":
+            outputs[kind] = f"results/attacks/{cell.attacks[column]}/outcomes.tsv"
+        elif kind == "bounds":
+            (outputs[kind],) = cell.files[column]
+        else:
+            (certification,) = cell.certifications
+            outputs[kind] = f"results/certify/{certification}/tcertify.tsv"
+    return outputs
 
 
 @pytest.mark.slow
@@ -217,4 +265,4 @@ def test_a_training_stopped_at_its_time_limit_resumes_on_retry(slurm_cluster, tm
     resumed = re.search(r"resuming .* after epoch (\d+)", log)
     assert resumed and int(resumed[1]) >= 1, log
     history = (workdir / "results" / "models" / exp / "history.csv").read_text().splitlines()
-    assert len(history) == 1 + 60
+    assert len(history) == 1 + SLOW_EPOCHS

@@ -11,8 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robustreg.tables import load_spec, render_table
-from robustreg.tables.render import METRIC_FUNCS, RULE_FUNCS, load_cells, tex_escape
+from robustreg.tables import load_spec
+from robustreg.tables.render import (
+    METRIC_FUNCS,
+    RULE_FUNCS,
+    load_cells,
+    render_table,
+    tex_escape,
+)
 from robustreg.tables.spec import METRICS, RULES, SOURCES, specs_dir
 
 HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime"

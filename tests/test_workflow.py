@@ -145,8 +145,10 @@ def test_micro_run_renders_every_consistency_report(micro_run):
     ):
         assert (reports / f"{name}.md").is_file() and (reports / f"{name}.tex").is_file()
         assert f"]({name}.md)" in index
-    # micro trains seeds 0 and 1 for Table 3: 18 + 18 + 7 + 6 + 6 + 21 distinct configs
-    assert len(list((micro_run / "logs" / "train").glob("*.log"))) == 76
+    # conftest.CONSISTENCY_CUTS: Table 2's 18, Table 3's seed 1 at sigma = 0.25 (6), Table 4's
+    # MSE and KL rows (2), Table 5's m = 4 and 8 at sigma = 1 (2), Table 6's lambda = 1 (1) and
+    # Table 7's three rows at sigma = 0.25 (3): the others are Table 2's models
+    assert len(list((micro_run / "logs" / "train").glob("*.log"))) == 32
     assert (reports / "figures" / "figure1_mnist.png").stat().st_size > 0
     assert (reports / "figures" / "figure1_mnist.pdf").stat().st_size > 0
     table7 = (reports / "table7_cifar10.md").read_text()

@@ -24,14 +24,21 @@ import datetime
 import math
 import os
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from numpy.typing import ArrayLike
-from scipy.special import bdtr
-from scipy.stats import beta, binomtest, norm
+
+# scipy.special, not scipy.stats: the same functions (beta.ppf and betaincinv are both Boost's
+# inverse incomplete beta, norm.ppf is ndtri, binomtest at 1/2 is a binomial tail: see predict)
+# without the second that importing scipy.stats adds to every certify job and every plan.
+# tests/test_certify.py compares each with scipy.stats.
+from scipy.special import bdtr, betaincinv, ndtri
 
 from robustreg.io import write_text_atomic
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ABSTAIN: int = -1
 LOG_COLUMNS: tuple[str, ...] = ("idx", "label", "predict", "radius", "correct", "time")
@@ -68,7 +75,7 @@ def clopper_pearson_lower(successes: ArrayLike, trials: ArrayLike, alpha: float)
     if np.any(k < 0) or np.any(k > n):
         raise ValueError("successes must satisfy 0 <= successes <= trials")
     # Beta(0, .) is degenerate at 0, where scipy returns nan rather than the bound 0.
-    lower = np.where(k == 0, 0.0, beta.ppf(alpha, k, n - k + 1))
+    lower = np.where(k == 0, 0.0, betaincinv(k, n - k + 1, alpha))
     return float(lower) if lower.ndim == 0 else lower
 
 
@@ -133,8 +140,8 @@ def certify(
     )
     certified = p_lower >= 0.5
     prediction = np.where(certified, top, ABSTAIN).astype(np.int64)
-    # Clipping keeps norm.ppf away from its p < 1/2 branch on abstentions, which are zeroed anyway.
-    radius = np.where(certified, sigma * norm.ppf(np.maximum(p_lower, 0.5)), 0.0)
+    # Clipping keeps Phi^-1 away from its p < 1/2 branch on abstentions, which are zeroed anyway.
+    radius = np.where(certified, sigma * ndtri(np.maximum(p_lower, 0.5)), 0.0)
     return prediction, radius.astype(np.float64), p_lower
 
 
@@ -151,8 +158,11 @@ def max_certified_radius(sigma: float, n: int, alpha: float) -> float:
     """
     if sigma <= 0 or n < 1:
         raise ValueError(f"need sigma > 0 and n >= 1, got sigma={sigma}, n={n}")
-    p_lower = clopper_pearson_lower(n, n, alpha)
-    return float(sigma * norm.ppf(p_lower)) if p_lower >= 0.5 else 0.0
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    # The alpha-quantile of Beta(n, 1), whose CDF is p**n.
+    p_lower = alpha ** (1 / n)
+    return float(sigma * ndtri(p_lower)) if p_lower >= 0.5 else 0.0
 
 
 def predict(counts: ArrayLike, alpha: float) -> np.ndarray:
@@ -161,10 +171,13 @@ def predict(counts: ArrayLike, alpha: float) -> np.ndarray:
     Per image, let nA >= nB be the two largest class counts (class cA, ties -> lowest index) and
 
         p = two-sided binomial test p-value of nA successes in nA + nB trials under H0: q = 1/2
-          = scipy.stats.binomtest(nA, nA + nB, 0.5).pvalue.
+          = scipy.stats.binomtest(nA, nA + nB, 0.5).pvalue
+          = min(1, 2 P(Bin(nA + nB, 1/2) <= nB)),
 
-    Predict cA if p <= alpha, else ABSTAIN; the prediction then differs from g(x) with probability
-    at most alpha. Images with nA + nB = 0 abstain (there is nothing to test).
+    the last because Bin(m, 1/2) is symmetric: the outcomes at most as likely as nA are the two
+    tails, <= nB and >= nA. Predict cA if p <= alpha, else ABSTAIN; the prediction then differs
+    from g(x) with probability at most alpha. Images with nA + nB = 0 abstain (p = 1: there is
+    nothing to test).
 
     Args:
         counts: class counts, [N, C] or [C] (treated as N = 1), C >= 2.
@@ -183,12 +196,8 @@ def predict(counts: ArrayLike, alpha: float) -> np.ndarray:
     order = np.argsort(-matrix, axis=1, kind="stable")
     rows = np.arange(len(matrix))
     top, n_top, n_second = order[:, 0], matrix[rows, order[:, 0]], matrix[rows, order[:, 1]]
-    prediction = np.full(len(matrix), ABSTAIN, dtype=np.int64)
-    for i in range(len(matrix)):
-        trials = int(n_top[i] + n_second[i])
-        if trials > 0 and binomtest(int(n_top[i]), trials, 0.5).pvalue <= alpha:
-            prediction[i] = top[i]
-    return prediction
+    p_value = np.minimum(1.0, 2.0 * bdtr(n_second, n_top + n_second, 0.5))
+    return np.where(p_value <= alpha, top, ABSTAIN).astype(np.int64)
 
 
 def certified_accuracy(radius: ArrayLike, correct: ArrayLike, radii: ArrayLike) -> np.ndarray:
@@ -261,7 +270,7 @@ def write_certify_log(
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
-def _parse_seconds(text: str) -> float:
+def parse_seconds(text: str) -> float:
     """Seconds from "H:MM:SS[.ffffff]" (with optional "N day(s), ") or a plain number."""
     match = _TIMEDELTA.match(text)
     if match is None:
@@ -282,7 +291,7 @@ def _parse_field(column: str, text: str) -> int | float:
     if column in _INT_COLUMNS:
         return int(text)
     if column == "time":
-        return _parse_seconds(text)
+        return parse_seconds(text)
     radius = float(text)
     if not math.isfinite(radius) or radius < 0:
         raise ValueError(f"invalid radius {text!r}")
@@ -359,6 +368,8 @@ def read_certify_log(path: str | os.PathLike) -> pd.DataFrame:
             raise ValueError(
                 f"{name}: line {number}: inconsistent row, correct == 1 with predict == {ABSTAIN}"
             )
+    import pandas as pd
+
     dtypes = {c: np.int64 if c in _INT_COLUMNS else np.float64 for c in LOG_COLUMNS}
     return pd.DataFrame({c: np.asarray(values[c], dtype=dtypes[c]) for c in LOG_COLUMNS})
 
@@ -510,7 +521,7 @@ def t_certify(
     p_upper = np.minimum(
         generalized_upper_bound(others[:, None, :], n[:, None], alpha - alpha_primes), 1 - p_lower
     )
-    radii = np.where(p_lower > 0.5, 0.5 * sigma * (norm.ppf(p_lower) - norm.ppf(p_upper)), 0.0)
+    radii = np.where(p_lower > 0.5, 0.5 * sigma * (ndtri(p_lower) - ndtri(p_upper)), 0.0)
     best = np.argmax(radii, axis=1)
     radius = radii[rows, best]
     certified = radius > 0

@@ -4,6 +4,10 @@ Commands: data, train, certify, tcertify, attack, bounds, cells, table, figure, 
 command is usable without Snakemake. Errors in the user's input end the command with one line
 naming the bad file or key (exit status 2); a training run whose loss becomes NaN ends with
 status 3 and writes no model.
+
+Each command imports what it needs when it runs: torch only where a model runs, an attack
+library only for the attack kinds that use it, no torch for the tables, so that a job starts in
+about the time of ``import torch`` (benchmarks/job_start.py; tests/test_imports.py).
 """
 
 from __future__ import annotations
@@ -15,14 +19,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
-import torch
 
-from robustreg.data import DataUnavailable
 from robustreg.integrity import file_sha256
 from robustreg.io import Expected, ResumableLog, atomic_path, write_text_atomic
+
+if TYPE_CHECKING:
+    import torch
 
 # The largest values of the config schema's integer kinds (its $defs: seed, natural and count,
 # batch_size, samples, side, synthetic_images; synthetic ImageNet's classes), for the same
@@ -272,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return commands[args.command](args)
-    except (ValueError, DataUnavailable) as err:
+    except ValueError as err:
         print(f"robustreg {args.command}: error: {err}", file=sys.stderr)
         return 2
 
@@ -319,6 +324,8 @@ def _selection_args(p: argparse.ArgumentParser, verb: str) -> None:
 
 
 def _setup_device(args) -> torch.device:
+    import torch
+
     from robustreg.train import pick_device
 
     if args.threads:
@@ -329,6 +336,17 @@ def _setup_device(args) -> torch.device:
 
 
 def _data(args) -> int:
+    from robustreg.data import DataUnavailable
+
+    try:
+        _prepare(args)
+    except DataUnavailable as err:
+        # a dataset neither at hand nor downloadable is this command's bad input: one line
+        raise ValueError(err) from None
+    return 0
+
+
+def _prepare(args) -> None:
     from robustreg.data import prepare_cifar10, prepare_imagenet, prepare_mnist
 
     if args.dataset == "imagenet":
@@ -366,7 +384,6 @@ def _data(args) -> int:
             synthetic_test=args.synthetic_test,
             seed=args.split_seed,
         )
-    return 0
 
 
 def _train(args) -> int:
@@ -446,6 +463,7 @@ def _launch_ranks(args, processes: int) -> int:
 def _train_rank(args, config: dict, processes: int) -> int:
     """One of the ``processes`` ranks torchrun started: its device, then the process group
     around the training."""
+    import torch
     import torch.distributed as dist
 
     if args.device and torch.device(args.device).index is not None:
@@ -487,6 +505,8 @@ def _die_with_launcher() -> None:
 def _train_process(args, config: dict, *, rank: int, device: torch.device | None = None) -> int:
     """Train ``config`` in this process (one rank of a data-parallel training or all of it);
     rank 0 writes the experiment's files."""
+    import torch
+
     from robustreg.train import TrainingDiverged, train
 
     device = device or _setup_device(args)
@@ -561,6 +581,8 @@ def _sample_settings(args) -> dict:
 def _identity(args, device: torch.device, **settings) -> dict:
     """The identity of a per-image progress log: the model and data files (by content), the
     command's own ``settings``, and the batch size, seed, device type and torch version."""
+    import torch
+
     return {
         "model_sha256": file_sha256(args.model),
         "data_sha256": file_sha256(args.data),
@@ -761,6 +783,8 @@ def _bounds(args) -> int:
     an attack. Every setting and the selection are checked before the model or the images are
     read.
     """
+    import torch
+
     from robustreg.bounds import (
         bound_statistics,
         bound_summary,
@@ -827,7 +851,7 @@ def _cells(args) -> int:
 
 
 def _table(args) -> int:
-    from robustreg.tables import render_table
+    from robustreg.tables.render import render_table
 
     render_table(args.cells, args.md, args.tex, html_path=args.html, logs_root=args.logs_root)
     return 0

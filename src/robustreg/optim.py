@@ -1,4 +1,8 @@
-"""Entropy-SGD (Chaudhari et al., "Entropy-SGD: biasing gradient descent into wide valleys",
+"""The optimizers and learning-rate schedulers a schedule builds (``build_optimizer``,
+``lr_schedule``; the settings and their checks are ``robustreg.schedule``'s), and the one
+optimizer torch lacks.
+
+Entropy-SGD (Chaudhari et al., "Entropy-SGD: biasing gradient descent into wide valleys",
 2019), the "Entropy SGD" baseline rows of the ATENT paper's Tables 1 and 2 (Jagatap et al.,
 Algorithm 3 and appendix B.2).
 
@@ -45,6 +49,15 @@ import math
 from collections.abc import Callable, Iterable
 
 import torch
+from torch import nn
+
+from robustreg.schedule import (
+    ENTROPY_SGD_DEFAULTS,
+    check_entropy_sgd,
+    check_optimizer,
+    entropy_sgd_settings,
+    lr_factor,
+)
 
 
 class EntropySGD(torch.optim.Optimizer):
@@ -67,28 +80,12 @@ class EntropySGD(torch.optim.Optimizer):
         momentum: float = 0.0,
         nesterov: bool = False,
         weight_decay: float = 0.0,
-        langevin_steps: int = 5,
-        gamma: float = 1e-3,
-        langevin_lr: float = 0.1,
-        noise: float = 1e-4,
-        alpha: float = 0.25,
+        langevin_steps: int = ENTROPY_SGD_DEFAULTS["langevin_steps"],
+        gamma: float = ENTROPY_SGD_DEFAULTS["gamma"],
+        langevin_lr: float = ENTROPY_SGD_DEFAULTS["langevin_lr"],
+        noise: float = ENTROPY_SGD_DEFAULTS["noise"],
+        alpha: float = ENTROPY_SGD_DEFAULTS["alpha"],
     ):
-        rates = {"lr": lr, "weight_decay": weight_decay, "gamma": gamma, "noise": noise}
-        for name, value in rates.items():
-            if not value >= 0:  # also refuses NaN
-                raise ValueError(f"{name}: need a number >= 0, got {value!r}")
-        if not langevin_lr > 0:
-            raise ValueError(f"langevin_lr: need a number > 0, got {langevin_lr!r}")
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum: need 0 <= momentum < 1, got {momentum!r}")
-        if nesterov and momentum == 0:
-            raise ValueError("nesterov: Nesterov momentum needs momentum > 0")
-        if not 0 < alpha <= 1:
-            raise ValueError(f"alpha: need 0 < alpha <= 1, got {alpha!r}")
-        if not isinstance(langevin_steps, int) or isinstance(langevin_steps, bool):
-            raise ValueError(f"langevin_steps: need an integer >= 1, got {langevin_steps!r}")
-        if langevin_steps < 1:
-            raise ValueError(f"langevin_steps: need an integer >= 1, got {langevin_steps!r}")
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -100,6 +97,7 @@ class EntropySGD(torch.optim.Optimizer):
             "noise": noise,
             "alpha": alpha,
         }
+        check_entropy_sgd(**defaults)
         super().__init__(params, defaults)
 
     def step(self, closure: Callable[[], torch.Tensor]) -> None:  # type: ignore[override]
@@ -166,3 +164,46 @@ def _direction(
         return direction, None
     buffer = direction.clone() if buffer is None else buffer.mul_(momentum).add_(direction)
     return (direction + momentum * buffer if group["nesterov"] else buffer), buffer
+
+
+def build_optimizer(model: nn.Module, schedule: dict) -> torch.optim.Optimizer:
+    """The optimizer of ``schedule`` (``robustreg.schedule.check_optimizer`` says which and
+    what it takes) over the parameters of ``model``."""
+    name = check_optimizer(schedule)
+    if name == "adam":
+        return torch.optim.Adam(
+            model.parameters(), lr=schedule["lr"], weight_decay=schedule["weight_decay"]
+        )
+    if name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=schedule["lr"],
+            momentum=schedule["momentum"],
+            nesterov=schedule["nesterov"],
+            dampening=0.0,
+            weight_decay=schedule["weight_decay"],
+        )
+    return EntropySGD(
+        model.parameters(),
+        lr=schedule["lr"],
+        momentum=schedule["momentum"],
+        nesterov=schedule["nesterov"],
+        weight_decay=schedule["weight_decay"],
+        **entropy_sgd_settings(schedule),
+    )
+
+
+def lr_schedule(
+    optimizer: torch.optim.Optimizer, schedule: dict
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch learning-rate scheduler of ``schedule`` (stepped once after each epoch;
+    ``robustreg.schedule.lr_factor`` describes the settings)."""
+    factor = lr_factor(schedule)
+    if factor is None:
+        # MultiStepLR, not an LrFactor: it multiplies by gamma at each milestone where the
+        # factor would take a power, and every run of the schedules before warm-up and
+        # cosine existed stays bit-identical (its checkpoints resume, too).
+        return torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=schedule["lr_milestones"], gamma=schedule["lr_gamma"]
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -21,6 +21,7 @@ groups its tables and figures under one target.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -28,15 +29,24 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jsonschema
 import yaml
 
+from robustreg.attacks.registry import REGISTRY, resolve_attack
+from robustreg.bound_settings import check_blocks, resolve_bound_settings
 from robustreg.certify import max_certified_radius
 from robustreg.io import write_text_atomic
 from robustreg.objectives import describe, resolve_params, uses_sigma
 from robustreg.schedule import check_schedule
-from robustreg.tables import load_spec
-from robustreg.tables.spec import ATTACKS, ROBUSTNESS, load_figure_spec
+from robustreg.tables.spec import (
+    ATTACKS,
+    BOUND_FILES,
+    MODEL_FILE,
+    OUTCOME_LOGS,
+    ROBUSTNESS,
+    file_kind,
+    load_figure_spec,
+    load_spec,
+)
 
 # Full-size splits, used to state the scale of a run in table banners.
 FULL_SIZES = {
@@ -141,14 +151,20 @@ def dataset_id(name: str, data_cfg: dict) -> str:
     return name + views
 
 
-# JSON Schema counts 1.0 as an integer, and Snakemake's --config seed=1e23 gives that float:
-# a setting the schema declares an integer must be an int (bool is not one either).
-_Validator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator,
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
-        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
-    ),
-)
+@functools.cache
+def _validator() -> type:
+    """JSON Schema's validator, but for integers. JSON Schema counts 1.0 as an integer, and
+    Snakemake's --config seed=1e23 gives that float: a setting the schema declares an integer
+    must be an int (bool is not one either). Built on first use: only validation needs
+    jsonschema, not the jobs that import this module."""
+    import jsonschema
+
+    return jsonschema.validators.extend(
+        jsonschema.Draft202012Validator,
+        type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+            "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+        ),
+    )
 
 
 def validate_config(config: dict, schema_path: str | Path) -> None:
@@ -162,8 +178,10 @@ def validate_config(config: dict, schema_path: str | Path) -> None:
     for path, value in _numbers(config):
         if not math.isfinite(value):
             raise ConfigError(f"{_key_path(path)}: {value} is not a finite number")
+    import jsonschema
+
     schema = yaml.safe_load(Path(schema_path).read_text())
-    error = jsonschema.exceptions.best_match(_Validator(schema).iter_errors(config))
+    error = jsonschema.exceptions.best_match(_validator()(schema).iter_errors(config))
     if error is not None:
         raise ConfigError(f"{_key_path(error.absolute_path)}: {error.message}")
 
@@ -393,8 +411,6 @@ def _robustness_table(config: dict, plan: Plan, table_name: str, table: dict) ->
     its bounds job (``bounds``); a training-time column reads the model itself. A row may
     replace the table's dataset, arch, schedule, evaluation, suites or bounds (ImageNet rows
     in a CIFAR-10 table)."""
-    from robustreg.bounds import check_blocks
-    from robustreg.tables.robustness import BOUNDS, MODEL, OUTCOMES, file_kind
 
     where = f"tables.{table_name}"
     spec = _spec(table_name, table)
@@ -435,17 +451,17 @@ def _robustness_table(config: dict, plan: Plan, table_name: str, table: dict) ->
             if column.key in row_spec.not_evaluated:
                 continue
             kind = file_kind(column.metric)
-            if kind == MODEL:
+            if kind == MODEL_FILE:
                 files[column.key] = (f"results/models/{exp_id}/model.pt",)
                 continue
-            section = "suites" if kind == OUTCOMES else "bounds"
+            section = "suites" if kind == OUTCOME_LOGS else "bounds"
             by_norm = row.get(section, table.get(section, {}))
             at = _where(row, row_where, where, section)
             norm = column.norm or next(iter(by_norm), None)
             if norm not in by_norm:
                 raise ConfigError(f"{at}: no {norm or 'norm'} entry for column {column.key!r}")
             job = {"experiment": exp_id, "dataset": exp["data"]["dataset"]} | evaluation
-            if kind == BOUNDS:
+            if kind == BOUND_FILES:
                 name = by_norm[norm]
                 bound = _bound_settings(config, name, f"{at}.{norm}")
                 try:
@@ -508,15 +524,11 @@ def _per_dataset(texts: dict[str, str | None]) -> str | None:
 
 
 def _minimal(attack: dict) -> bool:
-    from robustreg.attacks.suite import REGISTRY
-
-    return bool(getattr(REGISTRY[attack["kind"]], "minimal", False))
+    return REGISTRY[attack["kind"]].minimal
 
 
 def _bound_settings(config: dict, name: str, where: str) -> dict:
-    """The bounds job settings ``name``, every key checked now (``robustreg.bounds``)."""
-    from robustreg.bounds import resolve_bound_settings
-
+    """The bounds job settings ``name``, every key checked now (``robustreg.bound_settings``)."""
     try:
         return resolve_bound_settings(_lookup(config, "bounds", name, where))
     except ConfigError:
@@ -614,8 +626,6 @@ def _figure(config: dict, plan: Plan, name: str, where: str) -> FigurePlan:
 def _attack(config: dict, name: str, where: str) -> dict:
     """The attack ``name`` with every setting resolved (its kind's defaults filled in), so
     the job's id changes with anything that changes its outcomes."""
-    from robustreg.attacks.suite import resolve_attack
-
     try:
         return resolve_attack(_lookup(config, "attacks", name, where), name)
     except ConfigError:
@@ -780,9 +790,7 @@ def cells_document(table: TablePlan, path: str | Path) -> dict:
 
     many: dict[str, bool] = {}  # robustness columns: a list of outcome logs, or one file
     if table.kind == "robustness":
-        from robustreg.tables.robustness import OUTCOMES, file_kind
-
-        many = {c.key: file_kind(c.metric) == OUTCOMES for c in load_spec(table.spec).columns}
+        many = {c.key: file_kind(c.metric) == OUTCOME_LOGS for c in load_spec(table.spec).columns}
     cells = []
     for cell in table.cells:
         entry: dict = {"row": cell.row, table.group_key: cell.sigma}

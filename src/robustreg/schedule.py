@@ -1,10 +1,11 @@
-"""A training's schedule: its optimizer, learning-rate schedule and early stopping, built
-from the ``schedules.<name>`` mapping of the config.
+"""A training's schedule: the ``schedules.<name>`` mapping of the config, what each of its
+settings means and the checks that refuse a bad one.
 
-``check_schedule`` runs the same code on a one-weight probe, so the planner refuses a bad
-schedule before any job starts. This module imports no model or data code (timm and
-torchvision cost seconds to import), which keeps planning, and so every ``snakemake``
-call, quick.
+``check_schedule`` checks every setting the training loop reads without importing torch, so
+the planner refuses a bad schedule before any job starts and every ``snakemake`` call stays
+quick (issue 19). What a schedule builds, the optimizer and the learning-rate scheduler, is in
+``robustreg.optim``; early stopping's PGD runs in ``EarlyStop.evaluate``, which imports torch
+when it runs.
 """
 
 from __future__ import annotations
@@ -13,17 +14,28 @@ import dataclasses
 import math
 from bisect import bisect_right
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
-from robustreg.attacks.pgd import check_threat_model, pgd
-from robustreg.optim import EntropySGD
+from robustreg.attacks.threat import check_threat_model
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 LR_DECAYS = ("step", "cosine")
 OPTIMIZERS = ("sgd", "entropy_sgd", "adam")
-ENTROPY_SGD_KEYS = ("langevin_steps", "gamma", "langevin_lr", "noise", "alpha")
+# Entropy-SGD's Langevin settings (``robustreg.optim.EntropySGD``) and their defaults, which a
+# schedule's ``entropy_sgd`` mapping overrides key by key.
+ENTROPY_SGD_DEFAULTS = {
+    "langevin_steps": 5,
+    "gamma": 1e-3,
+    "langevin_lr": 0.1,
+    "noise": 1e-4,
+    "alpha": 0.25,
+}
+ENTROPY_SGD_KEYS = tuple(ENTROPY_SGD_DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -53,10 +65,9 @@ class LrFactor:
         return self.gamma ** bisect_right(self.milestones, epoch)
 
 
-def lr_schedule(
-    optimizer: torch.optim.Optimizer, schedule: dict
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """The per-epoch learning-rate scheduler of ``schedule`` (stepped once after each epoch).
+def lr_factor(schedule: dict) -> LrFactor | None:
+    """The learning rate of each epoch as a multiple of ``lr``, checked; None for a step decay
+    without warm-up, which ``torch.optim.lr_scheduler.MultiStepLR`` runs (``optim.lr_schedule``).
 
     ``lr_decay`` is ``step`` (the default: ``lr_gamma`` at ``lr_milestones``) or ``cosine``;
     ``warmup_epochs`` (default 0) adds a linear warm-up to either. ``cosine`` with a warm-up
@@ -74,33 +85,28 @@ def lr_schedule(
     if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
         raise ValueError(f"schedule.warmup_epochs: need an integer >= 0, got {warmup!r}")
     if decay == "step" and warmup == 0:
-        # MultiStepLR, not an LrFactor: it multiplies by gamma at each milestone where the
-        # factor would take a power, and every run of the schedules before warm-up and
-        # cosine existed stays bit-identical (its checkpoints resume, too).
-        return torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=schedule["lr_milestones"], gamma=schedule["lr_gamma"]
-        )
-    factor = LrFactor(
+        return None
+    return LrFactor(
         decay=decay,
         warmup_epochs=warmup,
         epochs=schedule["epochs"],
         milestones=tuple(sorted(schedule["lr_milestones"])),
         gamma=schedule["lr_gamma"],
     )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def build_optimizer(model: nn.Module, schedule: dict) -> torch.optim.Optimizer:
-    """The optimizer of ``schedule``: ``optimizer`` is ``sgd`` (the default), ``entropy_sgd``
-    or ``adam``.
+def check_optimizer(schedule: dict) -> str:
+    """The name of ``schedule``'s optimizer, ``optimizer``: ``sgd`` (the default),
+    ``entropy_sgd`` or ``adam``; every setting it takes checked, with one-line ValueErrors
+    naming the key for whatever the optimizer would refuse.
 
     SGD and Entropy-SGD take ``lr``, ``momentum``, ``nesterov`` and ``weight_decay``; SGD runs
-    without dampening (Jeong & Shin 2020, supp. A.1). Entropy-SGD reads its Langevin settings
-    from the mapping ``entropy_sgd`` (keys ``ENTROPY_SGD_KEYS``; each missing one takes
-    ``EntropySGD``'s default). Adam (torch's defaults: betas 0.9, 0.999) is the optimizer of
-    Madry et al.'s MNIST PGD-AT and of MMA's MNIST recipe; it takes ``lr`` and
-    ``weight_decay``, and a schedule for it must say momentum 0 and nesterov false, so that
-    no setting it ignores reads as if it applied.
+    without dampening (Jeong & Shin 2020, supp. A.1), so Nesterov momentum needs momentum > 0.
+    Entropy-SGD reads its Langevin settings from the mapping ``entropy_sgd`` (keys
+    ``ENTROPY_SGD_KEYS``; each missing one takes its default in ``ENTROPY_SGD_DEFAULTS``).
+    Adam (torch's defaults: betas 0.9, 0.999) is the optimizer of Madry et al.'s MNIST PGD-AT
+    and of MMA's MNIST recipe; it takes ``lr`` and ``weight_decay``, and a schedule for it must
+    say momentum 0 and nesterov false, so that no setting it ignores reads as if it applied.
     """
     name = schedule.get("optimizer", "sgd")
     if name not in OPTIMIZERS:
@@ -111,18 +117,28 @@ def build_optimizer(model: nn.Module, schedule: dict) -> torch.optim.Optimizer:
                 "schedule.momentum: Adam has no momentum setting; give momentum 0 and "
                 "nesterov false"
             )
-        return torch.optim.Adam(
-            model.parameters(), lr=schedule["lr"], weight_decay=schedule["weight_decay"]
-        )
-    if name == "sgd":
-        return torch.optim.SGD(
-            model.parameters(),
-            lr=schedule["lr"],
-            momentum=schedule["momentum"],
-            nesterov=schedule["nesterov"],
-            dampening=0.0,
-            weight_decay=schedule["weight_decay"],
-        )
+        _check_rates(schedule, ("lr", "weight_decay"))
+    elif name == "sgd":
+        _check_rates(schedule, ("lr", "momentum", "weight_decay"))
+        if schedule["nesterov"] and schedule["momentum"] == 0:
+            raise ValueError("schedule.nesterov: Nesterov momentum needs momentum > 0")
+    else:
+        settings = entropy_sgd_settings(schedule)
+        try:
+            check_entropy_sgd(
+                lr=schedule["lr"],
+                momentum=schedule["momentum"],
+                nesterov=schedule["nesterov"],
+                weight_decay=schedule["weight_decay"],
+                **(ENTROPY_SGD_DEFAULTS | settings),
+            )
+        except ValueError as err:
+            raise ValueError(f"schedule.entropy_sgd.{err}") from None
+    return name
+
+
+def entropy_sgd_settings(schedule: dict) -> dict:
+    """``schedule.entropy_sgd``, the Langevin settings it gives (none when absent or null)."""
     settings = schedule.get("entropy_sgd") or {}
     if not isinstance(settings, dict):
         raise ValueError(f"schedule.entropy_sgd: need a mapping of settings, got {settings!r}")
@@ -132,24 +148,53 @@ def build_optimizer(model: nn.Module, schedule: dict) -> torch.optim.Optimizer:
             f"schedule.entropy_sgd: unknown key {unknown[0]!r} (known: "
             f"{', '.join(ENTROPY_SGD_KEYS)})"
         )
-    try:
-        return EntropySGD(
-            model.parameters(),
-            lr=schedule["lr"],
-            momentum=schedule["momentum"],
-            nesterov=schedule["nesterov"],
-            weight_decay=schedule["weight_decay"],
-            **settings,
-        )
-    except ValueError as err:
-        raise ValueError(f"schedule.entropy_sgd.{err}") from None
+    return settings
+
+
+def check_entropy_sgd(
+    *,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    langevin_steps: int,
+    gamma: float,
+    langevin_lr: float,
+    noise: float,
+    alpha: float,
+) -> None:
+    """One-line errors naming the setting of ``robustreg.optim.EntropySGD`` that cannot run."""
+    rates = {"lr": lr, "weight_decay": weight_decay, "gamma": gamma, "noise": noise}
+    for name, value in rates.items():
+        if not value >= 0:  # also refuses NaN
+            raise ValueError(f"{name}: need a number >= 0, got {value!r}")
+    if not langevin_lr > 0:
+        raise ValueError(f"langevin_lr: need a number > 0, got {langevin_lr!r}")
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum: need 0 <= momentum < 1, got {momentum!r}")
+    if nesterov and momentum == 0:
+        raise ValueError("nesterov: Nesterov momentum needs momentum > 0")
+    if not 0 < alpha <= 1:
+        raise ValueError(f"alpha: need 0 < alpha <= 1, got {alpha!r}")
+    if not isinstance(langevin_steps, int) or isinstance(langevin_steps, bool):
+        raise ValueError(f"langevin_steps: need an integer >= 1, got {langevin_steps!r}")
+    if langevin_steps < 1:
+        raise ValueError(f"langevin_steps: need an integer >= 1, got {langevin_steps!r}")
+
+
+def _check_rates(schedule: dict, keys: tuple[str, ...]) -> None:
+    """What torch's SGD and Adam refuse: a negative learning rate, momentum or weight decay."""
+    for key in keys:
+        value = schedule[key]
+        if not (isinstance(value, int | float) and not isinstance(value, bool) and value >= 0):
+            raise ValueError(f"schedule.{key}: need a number >= 0, got {value!r}")
 
 
 def check_schedule(schedule: dict) -> None:
-    """Every setting of ``schedule`` the loop reads, checked without training anything, so
-    a planner can refuse a bad one before any job runs (one-line ValueErrors)."""
-    probe = nn.Linear(1, 1)
-    lr_schedule(build_optimizer(probe, schedule), schedule)
+    """Every setting of ``schedule`` the loop reads, checked without torch, so a planner can
+    refuse a bad one before any job runs (one-line ValueErrors)."""
+    check_optimizer(schedule)
+    lr_factor(schedule)
     single_process_only(schedule, EarlyStop.from_schedule(schedule), schedule.get("processes", 1))
 
 
@@ -240,6 +285,11 @@ class EarlyStop:
         Leaves the model in eval mode. PGD draws from its own seed inside a forked RNG, so
         the training's random streams (and so a resumed run) are untouched.
         """
+        # here, not at the top: planning reads this module and must not import torch
+        import torch
+
+        from robustreg.attacks.pgd import pgd
+
         model.eval()
         clean = robust = 0
         forked = [device] if device.type == "cuda" else []

@@ -116,7 +116,9 @@ def _uses_channels_last(
 
 
 @contextlib.contextmanager
-def _prepared(model: nn.Module, device: torch.device, channels_last: bool) -> Iterator[None]:
+def prepared_for_inference(
+    model: nn.Module, device: torch.device, channels_last: bool
+) -> Iterator[None]:
     """Eval mode on ``device`` (NHWC if asked) for the duration; the caller's model is restored.
 
     ``Module.to`` swaps ``param.data`` and replaces buffer objects, so keeping the old ones
@@ -345,7 +347,7 @@ def sample_counts(
     channels_last = _uses_channels_last(model, device, images.shape[1:], precision)
     sampler = _Sampler(images.shape[1:], batch_size, device, _model_dtype(model), channels_last)
     with (
-        _prepared(model, device, channels_last),
+        prepared_for_inference(model, device, channels_last),
         torch.inference_mode(),
         evaluated_in(precision, device),
     ):
@@ -430,7 +432,7 @@ def certify_counts(
     bar = tqdm(total=num_images, initial=initial, disable=not progress, file=sys.stderr, unit="img")
     with (
         bar,
-        _prepared(model, device, channels_last),
+        prepared_for_inference(model, device, channels_last),
         torch.inference_mode(),
         evaluated_in(precision, device),
     ):

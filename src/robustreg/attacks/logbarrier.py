@@ -41,12 +41,11 @@ cfinlay/logbarrier ``logbarrier.py``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from robustreg.attacks.pgd import NORMS, eval_mode, flat_norms
+from robustreg.attacks.pgd import eval_mode, flat_norms
+from robustreg.attacks.registry import LogBarrierConfig
 
 __all__ = ["logbarrier", "misclassified"]
 
@@ -151,46 +150,8 @@ def _backtrack(
     return x_new
 
 
-@dataclass(frozen=True)
-class _Settings:
-    """The attack's settings, checked once (one-line ValueErrors naming the argument)."""
-
-    norm: str
-    top_k: int
-    dt: float
-    alpha: float
-    beta: float
-    gamma: float
-    max_outer: int
-    max_inner: int
-    tol: float
-    T: float
-    init_scale: float
-    init_growth: float
-    init_tries: int
-
-    def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise ValueError(f"norm: {self.norm!r} is not one of {', '.join(NORMS)}")
-        for name in ("dt", "alpha", "T", "init_scale"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
-        if not 0 < self.beta <= 1:
-            raise ValueError(f"beta: must be in (0, 1], got {self.beta}")
-        if not 0 < self.gamma < 1:
-            raise ValueError(f"gamma: must be in (0, 1), got {self.gamma}")
-        if not self.init_growth >= 1:
-            raise ValueError(f"init_growth: must be >= 1, got {self.init_growth}")
-        if not self.tol >= 0:
-            raise ValueError(f"tol: must be >= 0, got {self.tol}")
-        for name, least in (("top_k", 1), ("max_outer", 0), ("max_inner", 1), ("init_tries", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"{name}: must be an integer >= {least}, got {value!r}")
-
-
 def _descend(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor, cfg: _Settings
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor, cfg: LogBarrierConfig
 ) -> torch.Tensor:
     """The outer (barrier weight) and inner (gradient step) loops from misclassified ``start``;
     the closest iterate per image."""
@@ -251,7 +212,7 @@ def logbarrier(
     input are taken, so no parameter's ``.grad`` is touched. Random draws use ``generator``
     when given (it must live on ``x``'s device).
     """
-    cfg = _Settings(
+    cfg = LogBarrierConfig(
         norm=norm,
         top_k=top_k,
         dt=dt,

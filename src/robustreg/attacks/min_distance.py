@@ -1,12 +1,13 @@
 """Minimum-distance attacks for Finlay & Oberman's attack suite (section 4): "We perturb each
 image with attacks in both the Euclidean and l-inf norms ... We report our results using the
 best adversarial distance on a per image basis, in each norm". Each attack returns, per image,
-the closest adversarial point it found; the suite's ``pgd_min``, ``cw_l2_min``,
-``boundary_min`` and ``logbarrier`` kinds (``robustreg.attacks.suite``) wrap them.
+the closest adversarial point it found; the ``pgd_min``, ``cw_l2_min``, ``boundary_min`` and
+``logbarrier`` kinds (``robustreg.attacks.registry``) run them.
 
 "Adversarial" is top-k misclassification: the label is outside the model's top k. ImageNet
 rows use top-5 error and a top-5 version of the Carlini-Wagner loss (footnote 1); CIFAR-10
-rows are top-1. ``in_top_k`` is the one definition the runner and these attacks share.
+rows are top-1. ``robustreg.attacks.runner.in_top_k`` is the one definition the runner and
+these attacks share.
 
 - ``pgd_min_distance``: PGD (Madry et al. 2018) as a minimum-distance attack, by bisection over
   the radius. Section 4 names PGD among the suite's attacks but not how its distance is read
@@ -14,54 +15,20 @@ rows are top-1. ``in_top_k`` is the one definition the runner and these attacks 
   modified Carlini-Wagner loss of section 2.2 (``robustreg.bounds.margin_loss``), whose top-k
   form (footnote 1) makes top-5 attacks possible, where cross-entropy would only push the
   label off the top-1.
-- ``TopKMisclassification``: Foolbox's criterion for top-k misclassification, for the Boundary
-  attack (Foolbox 3 ships only top-1 ``Misclassification``).
+- The Boundary attack's top-k criterion is Foolbox's, beside the Foolbox kinds
+  (``robustreg.attacks.adapters.foolbox.TopKMisclassification``).
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
-
-import eagerpy as ep
 import torch
-from foolbox.criteria import Criterion
 from torch import nn
 
 from robustreg.attacks.pgd import NORMS, eval_mode, flat_norms, pgd
+from robustreg.attacks.runner import in_top_k
+from robustreg.bounds import margin_loss
 
-__all__ = ["MADRY_STEP_RATIO", "TopKMisclassification", "in_top_k", "pgd_min_distance"]
-
-T = TypeVar("T")
-
-# Madry et al.'s step size 2.5 eps / steps: the steps together can cross the ball's diameter
-# with room to spare, so PGD can reach any point of the ball from any random start.
-MADRY_STEP_RATIO = 2.5
-
-
-def in_top_k(logits: torch.Tensor, y: torch.Tensor, top_k: int) -> torch.Tensor:
-    """True [B] where the label ``y`` is among the model's top ``top_k`` classes: the
-    prediction (argmax) for top-1, one of ``logits.topk(top_k)``'s indices otherwise."""
-    if top_k == 1:
-        return logits.argmax(dim=1) == y
-    return (logits.topk(top_k, dim=1).indices == y.view(-1, 1)).any(dim=1)
-
-
-class TopKMisclassification(Criterion):
-    """Foolbox criterion: adversarial where the label is outside the top ``top_k`` outputs
-    (``in_top_k``; Foolbox's ``Misclassification`` for top_k = 1). PyTorch models only."""
-
-    def __init__(self, labels: Any, top_k: int):
-        super().__init__()
-        self.labels: ep.Tensor = ep.astensor(labels)
-        self.top_k = top_k
-
-    def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.labels!r}, top_k={self.top_k})"
-
-    def __call__(self, perturbed: T, outputs: T) -> T:
-        outputs_, restore_type = ep.astensor_(outputs)
-        wrong = ~in_top_k(outputs_.raw, self.labels.raw, self.top_k)
-        return restore_type(ep.astensor(wrong))
+__all__ = ["pgd_min_distance"]
 
 
 def _check(name: str, ok: bool, says: str, value: object) -> None:
@@ -90,9 +57,6 @@ def _pgd_at(
 
     Restarts are run here rather than by ``pgd``, which keeps a restart's point when it fools
     the model top-1; an image keeps its first restart's point that is adversarial top-k."""
-    # here, not at the top: robustreg.bounds imports the attack suite, which imports us
-    from robustreg.bounds import margin_loss
-
     points = x.clone()
     adversarial = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for _ in range(restarts):

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustreg.attacks.threat import NORMS, check_threat_model
+
 __all__ = [
     "NORMS",
     "PerExampleLoss",
@@ -37,7 +39,6 @@ __all__ = [
     "xent",
 ]
 
-NORMS = ("l2", "linf")
 
 # ``(logits, y) -> per-example loss [B]`` that the attack ascends.
 PerExampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -111,17 +112,6 @@ def _random_start(x: torch.Tensor, norm: str, eps: float | torch.Tensor) -> torc
         radius = eps * torch.rand(x.shape[0], dtype=x.dtype, device=x.device) ** (1.0 / d)
         delta = unit * per_example(radius, x)
     return (x + delta).clamp(0.0, 1.0)
-
-
-def check_threat_model(norm: str, eps: float, steps: int, step_size: float, restarts: int) -> None:
-    """One-line errors for a PGD configuration that cannot run."""
-    if norm not in NORMS:
-        raise ValueError(f"norm: {norm!r} is not one of {', '.join(NORMS)}")
-    if eps < 0 or steps < 0 or step_size < 0 or restarts < 1:
-        raise ValueError(
-            f"need eps >= 0, steps >= 0, step_size >= 0 and restarts >= 1, got eps={eps}, "
-            f"steps={steps}, step_size={step_size}, restarts={restarts}"
-        )
 
 
 def _smallest(value: float | torch.Tensor) -> float:

@@ -1,4 +1,5 @@
-"""Paper architectures, registered in timm's registry and built with ``timm.create_model``.
+"""Paper architectures, registered by name (``robustreg.models.registry``) and built with
+``create_model``.
 
 Every model is ``Normalize`` followed by a backbone, so noise is always added in
 [0, 1] pixel space and per-channel normalization happens inside the model
@@ -6,9 +7,6 @@ Every model is ``Normalize`` followed by a backbone, so noise is always added in
 """
 
 from __future__ import annotations
-
-import timm
-from torch import nn
 
 from robustreg.models import (  # noqa: F401  (registers the paper architectures)
     cifar_resnet,
@@ -20,12 +18,6 @@ from robustreg.models import (  # noqa: F401  (registers the paper architectures
     wide_resnet,
 )
 from robustreg.models.normalize import Normalize
+from robustreg.models.registry import architectures, create_model
 
-__all__ = ["Normalize", "create_model"]
-
-
-def create_model(arch: str, num_classes: int) -> nn.Module:
-    """Build a registered architecture; one entry point, no if/else chains."""
-    if not timm.is_model(arch):
-        raise ValueError(f"unknown architecture {arch!r}")
-    return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+__all__ = ["Normalize", "architectures", "create_model"]

@@ -18,10 +18,10 @@ The model is ``Normalize`` with Cohen et al.'s CIFAR-10 channel statistics (thei
 from __future__ import annotations
 
 import torch
-from timm.models import register_model
 from torch import nn
 
 from robustreg.models.normalize import Normalize
+from robustreg.models.registry import register_model
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
@@ -87,21 +87,19 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def _cifar_resnet(depth: int, pretrained: bool, num_classes: int) -> nn.Sequential:
-    if pretrained:
-        raise ValueError(f"cifar_resnet{depth} has no pretrained weights")
+def _cifar_resnet(depth: int, num_classes: int) -> nn.Sequential:
     return nn.Sequential(
         Normalize(CIFAR10_MEAN, CIFAR10_STD), CifarResNet(depth, num_classes=num_classes)
     )
 
 
 @register_model
-def cifar_resnet20(pretrained: bool = False, num_classes: int = 10, **_timm_options):
-    """ResNet-20 for CIFAR-10 (0.27M parameters); timm's factory options are ignored."""
-    return _cifar_resnet(20, pretrained, num_classes)
+def cifar_resnet20(num_classes: int) -> nn.Sequential:
+    """ResNet-20 for CIFAR-10 (0.27M parameters)."""
+    return _cifar_resnet(20, num_classes)
 
 
 @register_model
-def cifar_resnet110(pretrained: bool = False, num_classes: int = 10, **_timm_options):
+def cifar_resnet110(num_classes: int) -> nn.Sequential:
     """ResNet-110 for CIFAR-10 (1.7M parameters), Jeong & Shin's Table 7 network."""
-    return _cifar_resnet(110, pretrained, num_classes)
+    return _cifar_resnet(110, num_classes)

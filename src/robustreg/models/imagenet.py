@@ -21,16 +21,18 @@ et al. 2017, timm's ``zero_init_last``) and draws the classifier's weights from 
 (``imagenet/resnet.py``, ``init_dist_weights``). At initialization each block is then the
 identity, so the logits and the input gradient start small; the squared input-gradient
 penalty of a default-initialized ResNet-50 starts orders of magnitude larger.
+
+timm is imported when one of these is built, not with the package: its import takes seconds
+and no other architecture needs it (``robustreg.models.registry``).
 """
 
 from __future__ import annotations
 
-import timm
 import torch
-from timm.models import register_model
 from torch import nn
 
 from robustreg.models.normalize import Normalize
+from robustreg.models.registry import register_model
 
 # Salman et al.'s and Cohen et al.'s _IMAGENET_MEAN / _IMAGENET_STDDEV (code/datasets.py).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -38,25 +40,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @register_model
-def imagenet_resnet50(
-    pretrained: bool = False, num_classes: int = 1000, **_timm_options
-) -> nn.Sequential:
-    """ResNet-50 for ImageNet behind its channel standardization; timm's factory options
-    are ignored."""
-    if pretrained:
-        raise ValueError("imagenet_resnet50 has no pretrained weights here")
+def imagenet_resnet50(num_classes: int) -> nn.Sequential:
+    """ResNet-50 for ImageNet behind its channel standardization."""
+    import timm
+
     backbone = timm.create_model("resnet50", num_classes=num_classes, zero_init_last=False)
     return nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), backbone)
 
 
 @register_model
-def imagenet_resnet50_bn0(
-    pretrained: bool = False, num_classes: int = 1000, **_timm_options
-) -> nn.Sequential:
+def imagenet_resnet50_bn0(num_classes: int) -> nn.Sequential:
     """``imagenet_resnet50`` with Finlay & Oberman's ``--init-bn0`` initialization: zero scale
     in each block's last batch norm, classifier weights from N(0, 0.01^2)."""
-    if pretrained:
-        raise ValueError("imagenet_resnet50_bn0 has no pretrained weights here")
+    import timm
+
     backbone = timm.create_model("resnet50", num_classes=num_classes, zero_init_last=True)
     with torch.no_grad():
         backbone.get_classifier().weight.normal_(0.0, 0.01)

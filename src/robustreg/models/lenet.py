@@ -8,10 +8,10 @@ ReLU after every hidden layer. MNIST gets no normalization beyond [0, 1] scaling
 
 from __future__ import annotations
 
-from timm.models import register_model
 from torch import nn
 
 from robustreg.models.normalize import Normalize
+from robustreg.models.registry import register_model
 
 
 class LeNet(nn.Sequential):
@@ -31,8 +31,6 @@ class LeNet(nn.Sequential):
 
 
 @register_model
-def lenet_mnist(pretrained: bool = False, num_classes: int = 10, **_timm_options) -> nn.Sequential:
-    """timm passes its factory options (pretrained_cfg, cache_dir, ...); LeNet ignores them."""
-    if pretrained:
-        raise ValueError("lenet_mnist has no pretrained weights")
+def lenet_mnist(num_classes: int) -> nn.Sequential:
+    """Jeong & Shin's MNIST LeNet behind an identity ``Normalize``."""
     return nn.Sequential(Normalize((0.0,), (1.0,)), LeNet(num_classes=num_classes))

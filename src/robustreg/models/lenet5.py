@@ -15,10 +15,10 @@ MMA feeds [0, 1] MNIST pixels without normalization, so ``Normalize`` is the ide
 from __future__ import annotations
 
 import torch
-from timm.models import register_model
 from torch import nn
 
 from robustreg.models.normalize import Normalize
+from robustreg.models.registry import register_model
 
 
 class LeNet5Madry(nn.Module):
@@ -38,11 +38,6 @@ class LeNet5Madry(nn.Module):
 
 
 @register_model
-def lenet5_madry_mnist(
-    pretrained: bool = False, num_classes: int = 10, **_timm_options
-) -> nn.Sequential:
-    """advertorch's LeNet5Madry (3.27M parameters) behind an identity ``Normalize``; timm's
-    factory options are ignored."""
-    if pretrained:
-        raise ValueError("lenet5_madry_mnist has no pretrained weights")
+def lenet5_madry_mnist(num_classes: int) -> nn.Sequential:
+    """advertorch's LeNet5Madry (3.27M parameters) behind an identity ``Normalize``."""
     return nn.Sequential(Normalize((0.0,), (1.0,)), LeNet5Madry(num_classes=num_classes))

@@ -46,10 +46,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from timm.models import register_model
 from torch import nn
 
 from robustreg.models.normalize import Normalize
+from robustreg.models.registry import register_model
 
 
 def _uniform_fan_in_(tensor: torch.Tensor, fan_in: int) -> None:
@@ -147,13 +147,9 @@ class ResNeXtCifar(nn.Module):
 
 
 @register_model
-def resnext34_2x32_cifar(
-    pretrained: bool = False, num_classes: int = 10, **_timm_options
-) -> nn.Sequential:
+def resnext34_2x32_cifar(num_classes: int) -> nn.Sequential:
     """Finlay & Oberman's ResNeXt-34 (2x32) (3.89M parameters, non-negative outputs) behind an
-    identity ``Normalize``; timm's factory options are ignored."""
-    if pretrained:
-        raise ValueError("resnext34_2x32_cifar has no pretrained weights")
+    identity ``Normalize``."""
     return nn.Sequential(
         Normalize((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), ResNeXtCifar(num_classes=num_classes)
     )

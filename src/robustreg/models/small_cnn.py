@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
-from timm.models import register_model
 from torch import nn
 
 from robustreg.models.normalize import Normalize
+from robustreg.models.registry import register_model
 
 
 class SmallCNN(nn.Module):
@@ -70,11 +70,6 @@ class SmallCNN(nn.Module):
 
 
 @register_model
-def small_cnn_mnist(
-    pretrained: bool = False, num_classes: int = 10, **_timm_options
-) -> nn.Sequential:
-    """TRADES' SmallCNN (0.31M parameters) behind an identity ``Normalize``; timm's factory
-    options are ignored."""
-    if pretrained:
-        raise ValueError("small_cnn_mnist has no pretrained weights")
+def small_cnn_mnist(num_classes: int) -> nn.Sequential:
+    """TRADES' SmallCNN (0.31M parameters) behind an identity ``Normalize``."""
     return nn.Sequential(Normalize((0.0,), (1.0,)), SmallCNN(num_classes=num_classes))

@@ -37,10 +37,10 @@ from __future__ import annotations
 import math
 
 import torch
-from timm.models import register_model
 from torch import nn
 
 from robustreg.models.normalize import Normalize
+from robustreg.models.registry import register_model
 
 
 class PerImageStandardize(nn.Module):
@@ -119,20 +119,14 @@ class WideResNet(nn.Module):
 
 
 @register_model
-def wrn34_10(pretrained: bool = False, num_classes: int = 10, **_timm_options) -> nn.Sequential:
-    """WRN-34-10 of TRADES and MART (46.16M parameters) behind an identity ``Normalize``;
-    timm's factory options are ignored."""
-    if pretrained:
-        raise ValueError("wrn34_10 has no pretrained weights")
+def wrn34_10(num_classes: int) -> nn.Sequential:
+    """WRN-34-10 of TRADES and MART (46.16M parameters) behind an identity ``Normalize``."""
     return nn.Sequential(
         Normalize((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), WideResNet(34, 10, num_classes=num_classes)
     )
 
 
 @register_model
-def wrn28_4(pretrained: bool = False, num_classes: int = 10, **_timm_options) -> nn.Sequential:
-    """WRN-28-4 of MMA (5.85M parameters) behind advertorch's per-image standardization;
-    timm's factory options are ignored."""
-    if pretrained:
-        raise ValueError("wrn28_4 has no pretrained weights")
+def wrn28_4(num_classes: int) -> nn.Sequential:
+    """WRN-28-4 of MMA (5.85M parameters) behind advertorch's per-image standardization."""
     return nn.Sequential(PerImageStandardize(), WideResNet(28, 4, num_classes=num_classes))

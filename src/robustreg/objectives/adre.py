@@ -38,24 +38,16 @@ SmoothAdv's attack and outer loss (Salman et al. 2019; ``robustreg.objectives.sm
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import partial
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from robustreg.attacks.smoothed_pgd import smoothed_pgd_l2, smoothed_xent
-from robustreg.objectives.base import Objective, StepContext, register
-from robustreg.objectives.common import (
-    accuracy,
-    as_floats,
-    copy_logits,
-    gaussian_noise,
-    is_int,
-    require,
-)
+from robustreg.objectives.base import Objective, StepContext
+from robustreg.objectives.common import accuracy, as_floats, copy_logits, gaussian_noise
+from robustreg.objectives.settings import AdreAdvSettings, AdreRegSettings
 from robustreg.objectives.smoothadv import SmoothAdv
 
 __all__ = [
@@ -65,8 +57,6 @@ __all__ = [
     "runner_up",
     "smoothed_log_probs",
 ]
-
-PER_TERMS = ("mean", "single")
 
 
 def smoothed_log_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -125,35 +115,9 @@ def _regularized_loss(
     }
 
 
-def _validate(k: object, lbd: float, label_smoothing: float) -> None:
-    require(is_int(k) and k >= 1, "k", f"need an integer >= 1, got {k!r}")
-    require(lbd >= 0, "lbd", f"need lbd >= 0, got {lbd!r}")
-    require(
-        0 <= label_smoothing < 1,
-        "label_smoothing",
-        f"need 0 <= label_smoothing < 1, got {label_smoothing!r}",
-    )
-
-
-# kw_only: the fields keep the paper's order although the required lbd follows defaults.
-@register
-@dataclass(frozen=True, kw_only=True)
-class AdreReg(Objective):
-    """ADRE_REG (Algorithm 1, non-adversarial); see the module docstring for the terms."""
-
-    name: ClassVar[str] = "adre_reg"
-    k: int = 1
-    lbd: float
-    per_term: str = "mean"
-    label_smoothing: float = 0.0
-
-    def __post_init__(self) -> None:
-        _validate(self.k, self.lbd, self.label_smoothing)
-        require(
-            self.per_term in PER_TERMS,
-            "per_term",
-            f"need one of {', '.join(PER_TERMS)}, got {self.per_term!r}",
-        )
+class AdreReg(AdreRegSettings, Objective):
+    """ADRE_REG (Algorithm 1, non-adversarial); see the module docstring for the terms and
+    ``settings.AdreRegSettings`` for the hyperparameters."""
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext
@@ -178,10 +142,9 @@ class AdreReg(Objective):
         return loss, as_floats(**logs)
 
 
-@register
-@dataclass(frozen=True, kw_only=True)
-class AdreAdv(Objective):
-    """ADRE_ADV: the Eq. (13) PGD attack, then Eq. (6)'s loss at the attack with the same noise.
+class AdreAdv(AdreAdvSettings, Objective):
+    """ADRE_ADV: the Eq. (13) PGD attack, then Eq. (6)'s loss at the attack with the same noise;
+    hyperparameters: ``settings.AdreAdvSettings``.
 
     Schedule and batching are SmoothAdv's, taken from a ``SmoothAdv`` with the same k, eps,
     steps and warm-up (``smoothadv``): the linear eps warm-up and ``batch_split = k`` (Salman
@@ -189,19 +152,6 @@ class AdreAdv(Objective):
     with SmoothAdv at the same k and eps; sharing both makes the two methods differ only by
     the ADRE terms, and with lbd = 0 ADRE_ADV is SmoothAdv exactly.
     """
-
-    name: ClassVar[str] = "adre_adv"
-    traits: ClassVar[dict[str, str]] = {"attack": "PGD"}
-    k: int = 1
-    eps: float
-    steps: int
-    warmup_epochs: int = 10
-    lbd: float
-    label_smoothing: float = 0.0
-
-    def __post_init__(self) -> None:
-        _validate(self.k, self.lbd, self.label_smoothing)
-        self.smoothadv()  # validates eps, steps and warmup_epochs under their own names
 
     def smoothadv(self) -> SmoothAdv:
         """SmoothAdv with this method's noise, attack and warm-up settings."""

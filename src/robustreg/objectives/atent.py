@@ -56,65 +56,22 @@ gamma by.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 from torch import nn
 
 from robustreg.attacks.atent import LangevinSampler
-from robustreg.attacks.pgd import NORMS, flat_norms, xent
-from robustreg.objectives.base import Objective, StepContext, register
-from robustreg.objectives.common import accuracy, as_floats, is_int, require
-from robustreg.objectives.pgd_at import clean_accuracy, is_real
+from robustreg.attacks.pgd import flat_norms, xent
+from robustreg.objectives.base import Objective, StepContext
+from robustreg.objectives.common import accuracy, as_floats
+from robustreg.objectives.pgd_at import clean_accuracy
+from robustreg.objectives.settings import AtentSettings
 
 __all__ = ["Atent"]
 
 
-@register
-@dataclass(frozen=True, kw_only=True)
-class Atent(Objective):
-    """l2-ATENT (Algorithm 1) or linf-ATENT (Algorithm 2); see the module docstring."""
-
-    name: ClassVar[str] = "atent"
-    uses_sigma: ClassVar[bool] = False
-    norm: str
-    gamma: float
-    steps: int
-    step_size: float
-    noise: float = 0.001
-    alpha: float = 0.9
-    init_radius: float | None = None
-
-    def __post_init__(self) -> None:
-        require(self.norm in NORMS, "norm", f"need one of {', '.join(NORMS)}, got {self.norm!r}")
-        require(is_real(self.gamma) and self.gamma > 0, "gamma", f"need > 0, got {self.gamma!r}")
-        require(
-            is_int(self.steps) and self.steps >= 1,
-            "steps",
-            f"need an integer >= 1, got {self.steps!r}",
-        )
-        require(
-            is_real(self.step_size) and self.step_size > 0,
-            "step_size",
-            f"need > 0, got {self.step_size!r}",
-        )
-        require(is_real(self.noise) and self.noise >= 0, "noise", f"need >= 0, got {self.noise!r}")
-        require(
-            is_real(self.alpha) and 0 < self.alpha <= 1,
-            "alpha",
-            f"need 0 < alpha <= 1, got {self.alpha!r}",
-        )
-        require(
-            self.init_radius is None or (is_real(self.init_radius) and self.init_radius >= 0),
-            "init_radius",
-            f"need a number >= 0 or null, got {self.init_radius!r}",
-        )
-        require(
-            self.norm == "linf" or self.init_radius is not None,
-            "init_radius",
-            "required for norm l2 (1/gamma is no l2 radius)",
-        )
+class Atent(AtentSettings, Objective):
+    """l2-ATENT (Algorithm 1) or linf-ATENT (Algorithm 2); see the module docstring, and
+    ``settings.AtentSettings`` for the hyperparameters."""
 
     @property
     def sampler(self) -> LangevinSampler:

@@ -1,20 +1,31 @@
-"""The one interface every training method implements.
+"""The one interface every training method implements, and how the training loop builds one.
 
-A method is a frozen dataclass whose fields are its hyperparameters (the keys a
-config may set). Calling it on a batch returns the scalar loss to minimize and a
-dict of floats to log. The training loop owns the optimizer, the schedule and the
-noise seed; an objective owns everything between "here is a clean batch in [0, 1]
-pixel space" and "here is the loss".
+A method's hyperparameters are declared in ``settings`` (no torch); its implementation, a
+subclass of that declaration and of ``Objective``, computes the loss. Calling it on a batch
+returns the scalar loss to minimize and a dict of floats to log. The training loop owns the
+optimizer, the schedule and the noise seed; an objective owns everything between "here is a
+clean batch in [0, 1] pixel space" and "here is the loss".
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import nn
+
+from robustreg.objectives.settings import (
+    REGISTRY,
+    MethodSettings,
+    declaration,
+    resolve_params,
+)
+
+# REGISTRY: every declared method by name, which ``build_objective`` reads (tests register
+# objectives of their own in it).
+__all__ = ["REGISTRY", "Objective", "StepContext", "build_objective", "implementation"]
 
 
 @dataclass(frozen=True)
@@ -49,13 +60,13 @@ class StepContext:
             raise ValueError("state: needs the batch's indices and the split's num_examples")
 
 
-@dataclass(frozen=True)
-class Objective:
-    """Base class: subclasses add their hyperparameters as dataclass fields.
+class Objective(MethodSettings):
+    """The torch side of a method: the loss of its declaration in ``settings``.
 
-    ``sigma`` is the Gaussian noise level in [0, 1] pixel units. Methods that train without
-    Gaussian noise (adversarial training, ATENT: ``uses_sigma = False``) get ``None``; a
-    randomized-smoothing certificate of such a model takes its sigma from the certification.
+    A method's implementation subclasses its declaration (``settings.<Method>Settings``, whose
+    fields are its hyperparameters) and this class, and adds no field. Calling it on a batch
+    returns the scalar loss to minimize and a dict of floats to log.
+
     ``batch_split`` tells the training loop to cut each loaded batch into that many
     equal chunks and take one optimizer step per chunk, as the SmoothAdv and
     consistency authors do (Salman et al.'s and Jeong & Shin's ``_chunk_minibatch``),
@@ -67,14 +78,6 @@ class Objective:
     gradients of that step's loss are in place, so a method can use the same backward pass
     for tensors of its own (their ``.grad``), at no extra cost.
     """
-
-    name: ClassVar[str] = ""
-    # Fixed traits a settings table prints beside the hyperparameters (SmoothAdv's attack).
-    traits: ClassVar[dict[str, str]] = {}
-    uses_sigma: ClassVar[bool] = True
-    # Whether the method keeps tensors across steps in ``StepContext.state``.
-    keeps_state: ClassVar[bool] = False
-    sigma: float | None
 
     @property
     def batch_split(self) -> int:
@@ -104,71 +107,21 @@ class Objective:
         raise NotImplementedError
 
 
-REGISTRY: dict[str, type[Objective]] = {}
-
-
-def register(cls: type[Objective]) -> type[Objective]:
-    """Class decorator: make a method buildable by its ``name``."""
-    if not cls.name or cls.name in REGISTRY:
-        raise ValueError(f"objective name missing or taken: {cls.name!r}")
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-def parameter_names(method: str) -> list[str]:
-    """The hyperparameters a config may set for ``method`` (sigma comes from the experiment)."""
-    cls = _lookup(method)
-    return [f.name for f in dataclasses.fields(cls) if f.name != "sigma"]
-
-
-def resolve_params(method: str, params: dict) -> dict:
-    """``params`` completed with the method's defaults; unknown or missing keys raise ValueError."""
-    cls = _lookup(method)
-    known = {f.name: f for f in dataclasses.fields(cls) if f.name != "sigma"}
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise ValueError(
-            f"unknown parameter {unknown[0]!r} for method {method!r} (known: {', '.join(known)})"
-        )
-    resolved = {}
-    for key, field in known.items():
-        if key in params:
-            resolved[key] = params[key]
-        elif field.default is not dataclasses.MISSING:
-            resolved[key] = field.default
-        else:
-            raise ValueError(f"missing parameter {key!r} for method {method!r}")
-    return resolved
-
-
-def describe(method: str, params: dict) -> dict:
-    """What a settings table shows for ``method``: its name, fixed traits, resolved params."""
-    return {"method": method, **_lookup(method).traits, **resolve_params(method, params)}
-
-
-def uses_sigma(method: str) -> bool:
-    """Whether ``method`` trains with Gaussian noise of a level sigma."""
-    return _lookup(method).uses_sigma
-
-
-def keeps_state(method: str) -> bool:
-    """Whether ``method`` keeps state across steps (``StepContext.state``)."""
-    return _lookup(method).keeps_state
+def implementation(method: str) -> type[Objective]:
+    """The class that computes ``method``'s loss, imported now: the one its declaration names,
+    or the registered class itself when it is an ``Objective`` (a test's own method)."""
+    cls = declaration(method)
+    if issubclass(cls, Objective):
+        return cls
+    module, _, name = cls.implemented_by.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def build_objective(method: str, sigma: float | None, params: dict) -> Objective:
     """Instantiate a registered method; the single entry point the training loop uses."""
-    cls = _lookup(method)
+    cls = declaration(method)
     if cls.uses_sigma and (sigma is None or sigma <= 0):
         raise ValueError(f"sigma must be > 0 for method {method!r}, got {sigma}")
     if not cls.uses_sigma and sigma is not None:
         raise ValueError(f"method {method!r} trains without Gaussian noise: sigma must be unset")
-    return cls(sigma=sigma, **resolve_params(method, params))
-
-
-def _lookup(method: str) -> type[Objective]:
-    from robustreg import objectives  # noqa: F401  (importing the package registers every method)
-
-    if method not in REGISTRY:
-        raise ValueError(f"unknown method {method!r} (known: {', '.join(sorted(REGISTRY))})")
-    return REGISTRY[method]
+    return implementation(method)(sigma=sigma, **resolve_params(method, params))

@@ -55,13 +55,3 @@ def as_floats(**values: torch.Tensor | float) -> dict[str, float]:
         )
         fetched = dict(zip(tensors, stacked.tolist(), strict=True))
     return {k: fetched[k] if k in fetched else float(v) for k, v in values.items()}
-
-
-def require(condition: bool, field: str, message: str) -> None:
-    """Raise a ValueError naming the offending hyperparameter when ``condition`` fails."""
-    if not condition:
-        raise ValueError(f"{field}: {message}")
-
-
-def is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -23,27 +23,22 @@ authors cut each loaded batch into m mini-batches (``_chunk_minibatch`` in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustreg.objectives.base import Objective, StepContext, register
+from robustreg.objectives.base import Objective, StepContext
 from robustreg.objectives.common import (
     accuracy,
     as_floats,
     copies_xent,
     copy_logits,
     gaussian_noise,
-    is_int,
-    require,
 )
+from robustreg.objectives.settings import LOSS_VARIANTS, ConsistencySettings
 
-__all__ = ["LOSS_VARIANTS", "Consistency", "consistency_regularizer", "validate_consistency"]
-
-LOSS_VARIANTS = ("default", "xent", "kl", "mse")
+__all__ = ["Consistency", "consistency_regularizer"]
 
 
 def consistency_regularizer(
@@ -74,33 +69,9 @@ def consistency_regularizer(
     return per_example.mean()
 
 
-def validate_consistency(m: object, loss: object) -> None:
-    """The checks every consistency-regularized method shares (``m`` copies, ``loss`` variant)."""
-    require(is_int(m) and m >= 2, "m", f"consistency needs an integer m >= 2 copies, got {m!r}")
-    require(
-        loss in LOSS_VARIANTS,
-        "loss",
-        f"unknown variant {loss!r} (known: {', '.join(LOSS_VARIANTS)})",
-    )
-
-
-@register
-@dataclass(frozen=True)
-class Consistency(Objective):
-    """Gaussian augmentation with m copies + consistency regularizer (Jeong & Shin 2020, Eq. (9)).
-
-    ``lbd`` has no default: the paper tunes it per sigma (MNIST: 10 / 5 / 5 at sigma 0.25 /
-    0.5 / 1.0, supp. Table 2), so a config must say which.
-    """
-
-    name: ClassVar[str] = "consistency"
-    lbd: float
-    m: int = 2
-    eta: float = 0.5
-    loss: str = "default"
-
-    def __post_init__(self) -> None:
-        validate_consistency(self.m, self.loss)
+class Consistency(ConsistencySettings, Objective):
+    """Gaussian augmentation with m copies + consistency regularizer (Jeong & Shin 2020, Eq. (9));
+    hyperparameters: ``settings.ConsistencySettings``."""
 
     @property
     def batch_split(self) -> int:

@@ -42,16 +42,13 @@ pass the method exists to save.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustreg.objectives.base import Objective, StepContext, register
-from robustreg.objectives.common import accuracy, as_floats, is_int, require
-from robustreg.objectives.pgd_at import is_real
+from robustreg.objectives.base import Objective, StepContext
+from robustreg.objectives.common import accuracy, as_floats
+from robustreg.objectives.settings import FreeAtSettings
 
 __all__ = ["FreeAt", "in_box"]
 
@@ -62,33 +59,9 @@ def in_box(x: torch.Tensor) -> torch.Tensor:
     return torch.where((x >= 0) & (x <= 1), x, x.detach().clamp(0.0, 1.0))
 
 
-@register
-@dataclass(frozen=True, kw_only=True)
-class FreeAt(Objective):
-    """Free adversarial training (Algorithm 1); see the module docstring.
-
-    ``eps`` the linf radius of delta in [0, 1] pixel units (8/255 in Shafahi et al.'s CIFAR-10
-    runs); ``m`` the replays of each minibatch (Algorithm 1's m, an integer >= 1; m = 1 is
-    FGSM-like training with a carried-over start); ``step_size`` delta's signed step, None
-    (the default) for ``eps`` as in the authors' code.
-    """
-
-    name: ClassVar[str] = "free_at"
-    traits: ClassVar[dict[str, str]] = {"norm": "linf"}
-    uses_sigma: ClassVar[bool] = False
-    keeps_state: ClassVar[bool] = True
-    eps: float
-    m: int
-    step_size: float | None = None
-
-    def __post_init__(self) -> None:
-        require(is_real(self.eps) and self.eps > 0, "eps", f"need a number > 0, got {self.eps!r}")
-        require(is_int(self.m) and self.m >= 1, "m", f"need an integer >= 1, got {self.m!r}")
-        require(
-            self.step_size is None or (is_real(self.step_size) and self.step_size > 0),
-            "step_size",
-            f"need a number > 0 or null (for eps), got {self.step_size!r}",
-        )
+class FreeAt(FreeAtSettings, Objective):
+    """Free adversarial training (Algorithm 1); see the module docstring, and
+    ``settings.FreeAtSettings`` for the hyperparameters."""
 
     @property
     def replays(self) -> int:

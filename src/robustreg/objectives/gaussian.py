@@ -11,37 +11,18 @@ the Basic baseline of Table 1 among them, with label smoothing 0.1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustreg.objectives.base import Objective, StepContext, register
-from robustreg.objectives.common import (
-    accuracy,
-    as_floats,
-    copy_logits,
-    gaussian_noise,
-    require,
-)
+from robustreg.objectives.base import Objective, StepContext
+from robustreg.objectives.common import accuracy, as_floats, copy_logits, gaussian_noise
+from robustreg.objectives.settings import GaussianSettings
 
 
-@register
-@dataclass(frozen=True)
-class Gaussian(Objective):
-    """``CE(f(x + delta), y)``, ``delta ~ N(0, sigma^2 I)``, one draw per example (Cohen et al.)."""
-
-    name: ClassVar[str] = "gaussian"
-    label_smoothing: float = 0.0
-
-    def __post_init__(self) -> None:
-        require(
-            0 <= self.label_smoothing < 1,
-            "label_smoothing",
-            f"need 0 <= label_smoothing < 1, got {self.label_smoothing!r}",
-        )
+class Gaussian(GaussianSettings, Objective):
+    """``CE(f(x + delta), y)``, ``delta ~ N(0, sigma^2 I)``, one draw per example (Cohen et al.);
+    hyperparameters: ``settings.GaussianSettings``."""
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext

@@ -41,21 +41,16 @@ dual norm on the scale above) and ``acc`` (accuracy of the clean logits).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustreg.objectives.base import Objective, StepContext, register
-from robustreg.objectives.common import accuracy, as_floats, require
-from robustreg.objectives.pgd_at import is_real
+from robustreg.objectives.base import Objective, StepContext
+from robustreg.objectives.common import accuracy, as_floats
+from robustreg.objectives.settings import GradientNormSettings
 
-__all__ = ["METHODS", "NORMS", "GradientNorm", "fd_direction", "squared_dual_norm"]
-
-NORMS = ("l2", "l1")
-METHODS = ("fd", "dbp")
+__all__ = ["GradientNorm", "fd_direction", "squared_dual_norm"]
 
 
 def fd_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
@@ -89,27 +84,9 @@ def _xent(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Ten
     return logits, F.cross_entropy(logits, y, reduction="none")
 
 
-@register
-@dataclass(frozen=True, kw_only=True)
-class GradientNorm(Objective):
-    """``CE + (lam/2) * squared dual norm of grad_x CE``, by finite differences or DBP."""
-
-    name: ClassVar[str] = "gradient_norm"
-    uses_sigma: ClassVar[bool] = False
-    norm: str
-    lam: float
-    method: str
-    h: float = 0.01
-
-    def __post_init__(self) -> None:
-        require(self.norm in NORMS, "norm", f"need one of {', '.join(NORMS)}, got {self.norm!r}")
-        require(is_real(self.lam) and self.lam > 0, "lam", f"need a number > 0, got {self.lam!r}")
-        require(
-            self.method in METHODS,
-            "method",
-            f"need one of {', '.join(METHODS)}, got {self.method!r}",
-        )
-        require(is_real(self.h) and self.h > 0, "h", f"need a number > 0, got {self.h!r}")
+class GradientNorm(GradientNormSettings, Objective):
+    """``CE + (lam/2) * squared dual norm of grad_x CE``, by finite differences or DBP;
+    hyperparameters: ``settings.GradientNormSettings``."""
 
     @property
     def bf16_problem(self) -> str | None:

@@ -27,22 +27,13 @@ No batch splitting: the authors do not chunk MACER batches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustreg.objectives.base import Objective, StepContext, register
-from robustreg.objectives.common import (
-    accuracy,
-    as_floats,
-    copy_logits,
-    gaussian_noise,
-    is_int,
-    require,
-)
+from robustreg.objectives.base import Objective, StepContext
+from robustreg.objectives.common import accuracy, as_floats, copy_logits, gaussian_noise
+from robustreg.objectives.settings import MacerSettings
 
 __all__ = ["Macer", "macer_classification", "macer_robustness"]
 
@@ -76,28 +67,9 @@ def macer_robustness(
     return hinge.sum() * sigma / 2, keep.sum()
 
 
-@register
-@dataclass(frozen=True)
-class Macer(Objective):
-    """MACER as in the authors' code; see the module docstring for the exact terms."""
-
-    name: ClassVar[str] = "macer"
-    m: int = 16
-    lbd: float = 16.0
-    gamma: float = 8.0
-    beta: float = 16.0
-    deferred_epochs: int = 0
-
-    def __post_init__(self) -> None:
-        require(is_int(self.m) and self.m >= 1, "m", f"need an integer >= 1, got {self.m!r}")
-        require(self.lbd >= 0, "lbd", f"need lbd >= 0, got {self.lbd!r}")
-        require(self.gamma > 0, "gamma", f"need gamma > 0, got {self.gamma!r}")
-        require(self.beta > 0, "beta", f"need beta > 0, got {self.beta!r}")
-        require(
-            is_int(self.deferred_epochs) and self.deferred_epochs >= 0,
-            "deferred_epochs",
-            f"need an integer >= 0, got {self.deferred_epochs!r}",
-        )
+class Macer(MacerSettings, Objective):
+    """MACER as in the authors' code; see the module docstring for the exact terms and
+    ``settings.MacerSettings`` for the hyperparameters."""
 
     def lbd_at(self, epoch: int) -> float:
         """Robustness weight during ``epoch`` (0-indexed).

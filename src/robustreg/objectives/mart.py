@@ -19,18 +19,15 @@ linf only; ``norm = "l2"`` runs the same loss with an l2 PGD.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from robustreg.attacks.pgd import eval_mode, pgd
 from robustreg.objectives.adre import runner_up
-from robustreg.objectives.base import Objective, StepContext, register
-from robustreg.objectives.common import accuracy, as_floats, require
-from robustreg.objectives.pgd_at import is_real, validate_attack
+from robustreg.objectives.base import Objective, StepContext
+from robustreg.objectives.common import accuracy, as_floats
+from robustreg.objectives.settings import MartSettings
 from robustreg.objectives.trades import START_STD
 
 __all__ = ["Mart", "mart_terms"]
@@ -50,22 +47,9 @@ def mart_terms(
     return bce, (kl * (1.0000001 - p_true)).mean()
 
 
-@register
-@dataclass(frozen=True, kw_only=True)
-class Mart(Objective):
-    """MART's boosted CE at the PGD point plus the misclassification-weighted KL."""
-
-    name: ClassVar[str] = "mart"
-    uses_sigma: ClassVar[bool] = False
-    norm: str = "linf"
-    eps: float = 0.031
-    steps: int = 10
-    step_size: float = 0.007
-    beta: float = 6.0
-
-    def __post_init__(self) -> None:
-        validate_attack(self.norm, self.eps, self.steps, self.step_size)
-        require(is_real(self.beta) and self.beta >= 0, "beta", f"need >= 0, got {self.beta!r}")
+class Mart(MartSettings, Objective):
+    """MART's boosted CE at the PGD point plus the misclassification-weighted KL;
+    hyperparameters: ``settings.MartSettings``."""
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext

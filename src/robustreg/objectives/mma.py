@@ -57,16 +57,15 @@ Where we differ, and why:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustreg.attacks.pgd import NORMS, eval_mode, per_example, pgd
-from robustreg.objectives.base import Objective, StepContext, register
-from robustreg.objectives.common import accuracy, as_floats, is_int, require
+from robustreg.attacks.pgd import eval_mode, per_example, pgd
+from robustreg.objectives.base import Objective, StepContext
+from robustreg.objectives.common import accuracy, as_floats
+from robustreg.objectives.settings import MMASettings, require
 
 __all__ = ["MMA", "SEARCH_HEADROOM", "margin_search", "mma_loss", "soft_logit_margin"]
 
@@ -182,57 +181,15 @@ def mma_loss(
     return torch.where(counted, per_example, torch.zeros_like(per_example)).sum() / y.shape[0]
 
 
-@register
-@dataclass(frozen=True, kw_only=True)
-class MMA(Objective):
-    """MMA training (Eq. 8 with Eq. 7 and AN-PGD); see the module docstring.
+class MMA(MMASettings, Objective):
+    """MMA training (Eq. 8 with Eq. 7 and AN-PGD); see the module docstring, and
+    ``settings.MMASettings`` for the hyperparameters.
 
-    ``norm`` the threat model, ``hinge_max`` d_max, ``init_eps`` the PGD radius of an
-    example's first search and the least of the later ones, which start from its last eps;
-    ``steps`` PGD steps, ``step_scale`` the step size in units of the radius over ``steps``,
-    ``search_steps`` bisection halvings, ``clean_loss_coeff`` the c of Eq. (8).
     Logs: ``loss``; ``xent`` and ``acc`` on the clean batch; ``mma`` (L^MMA); ``adv_acc`` on
     the inputs L^MMA sees (for S+ the search's points, where an example is mostly right only
     when no length below 1.05 d_max brought its SLM to >= 0); ``eps``, the batch mean of the
     adaptive eps (0 outside S+, as the authors' ``avgeps``).
     """
-
-    name: ClassVar[str] = "mma"
-    traits: ClassVar[dict[str, str]] = {"attack": "AN-PGD (SLM)"}
-    uses_sigma: ClassVar[bool] = False
-    keeps_state: ClassVar[bool] = True
-    norm: str
-    hinge_max: float
-    init_eps: float
-    steps: int
-    step_scale: float = 2.5
-    search_steps: int = 10
-    clean_loss_coeff: float = 1.0 / 3.0
-
-    def __post_init__(self) -> None:
-        require(self.norm in NORMS, "norm", f"need one of {', '.join(NORMS)}, got {self.norm!r}")
-        require(self.hinge_max > 0, "hinge_max", f"need hinge_max > 0, got {self.hinge_max!r}")
-        require(
-            0 < self.init_eps <= self.hinge_max,
-            "init_eps",
-            f"need 0 < init_eps <= hinge_max = {self.hinge_max}, got {self.init_eps!r}",
-        )
-        require(
-            is_int(self.steps) and self.steps >= 1,
-            "steps",
-            f"need an integer >= 1, got {self.steps!r}",
-        )
-        require(self.step_scale > 0, "step_scale", f"need step_scale > 0, got {self.step_scale!r}")
-        require(
-            is_int(self.search_steps) and self.search_steps >= 0,
-            "search_steps",
-            f"need an integer >= 0, got {self.search_steps!r}",
-        )
-        require(
-            0 <= self.clean_loss_coeff < 1,
-            "clean_loss_coeff",
-            f"need 0 <= clean_loss_coeff < 1, got {self.clean_loss_coeff!r}",
-        )
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext

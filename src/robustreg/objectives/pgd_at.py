@@ -23,37 +23,16 @@ batch-norm statistics); ``adv_acc`` is the accuracy of the loss's own logits at 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustreg.attacks.pgd import NORMS, eval_mode, pgd
-from robustreg.objectives.base import Objective, StepContext, register
-from robustreg.objectives.common import accuracy, as_floats, is_int, require
+from robustreg.attacks.pgd import eval_mode, pgd
+from robustreg.objectives.base import Objective, StepContext
+from robustreg.objectives.common import accuracy, as_floats
+from robustreg.objectives.settings import PgdAtSettings
 
-__all__ = ["ATTACK_MODES", "PgdAt", "clean_accuracy", "is_real", "validate_attack"]
-
-ATTACK_MODES = ("train", "eval")
-
-
-def is_real(value: object) -> bool:
-    """A number a config may give for a float hyperparameter (an int or a float, not a bool)."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def validate_attack(norm: object, eps: object, steps: object, step_size: object) -> None:
-    """One-line errors naming the field, for the PGD settings of a training objective."""
-    require(norm in NORMS, "norm", f"need one of {', '.join(NORMS)}, got {norm!r}")
-    require(is_real(eps) and eps > 0, "eps", f"need a number > 0, got {eps!r}")
-    require(is_int(steps) and steps >= 1, "steps", f"need an integer >= 1, got {steps!r}")
-    require(
-        is_real(step_size) and step_size > 0,
-        "step_size",
-        f"need a number > 0, got {step_size!r}",
-    )
+__all__ = ["PgdAt", "clean_accuracy"]
 
 
 def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -62,26 +41,9 @@ def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
         return accuracy(model(x), y)
 
 
-@register
-@dataclass(frozen=True, kw_only=True)
-class PgdAt(Objective):
-    """``CE(f(PGD(x)), y)`` with a random-start PGD (Algorithm 4); no recipe-wide defaults."""
-
-    name: ClassVar[str] = "pgd_at"
-    uses_sigma: ClassVar[bool] = False
-    norm: str
-    eps: float
-    steps: int
-    step_size: float
-    attack_mode: str = "train"
-
-    def __post_init__(self) -> None:
-        validate_attack(self.norm, self.eps, self.steps, self.step_size)
-        require(
-            self.attack_mode in ATTACK_MODES,
-            "attack_mode",
-            f"need one of {', '.join(ATTACK_MODES)}, got {self.attack_mode!r}",
-        )
+class PgdAt(PgdAtSettings, Objective):
+    """``CE(f(PGD(x)), y)`` with a random-start PGD (Algorithm 4); hyperparameters:
+    ``settings.PgdAtSettings``."""
 
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The PGD adversarial batch, in ``attack_mode``."""

@@ -17,53 +17,26 @@ setting of supp. B: PGD, 10 steps, eps = 1.0, m = 4, 10 warm-up epochs (supp. A.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 from torch import nn
 
 from robustreg.attacks.smoothed_pgd import smoothed_pgd_l2
-from robustreg.objectives.base import Objective, StepContext, register
+from robustreg.objectives.base import Objective, StepContext
 from robustreg.objectives.common import (
     accuracy,
     as_floats,
     copies_xent,
     copy_logits,
     gaussian_noise,
-    is_int,
-    require,
 )
+from robustreg.objectives.settings import SmoothAdvSettings
 
 __all__ = ["SmoothAdv"]
 
 
-@register
-@dataclass(frozen=True)
-class SmoothAdv(Objective):
-    """SmoothAdv-PGD: mean CE over the m noisy copies of the smoothed-PGD adversarial input."""
-
-    name: ClassVar[str] = "smoothadv"
-    # Salman et al. also train with DDN; every model these papers use was PGD-trained.
-    traits: ClassVar[dict[str, str]] = {"attack": "PGD"}
-    m: int = 4
-    eps: float = 1.0
-    steps: int = 10
-    warmup_epochs: int = 10
-
-    def __post_init__(self) -> None:
-        require(is_int(self.m) and self.m >= 1, "m", f"need an integer >= 1, got {self.m!r}")
-        require(self.eps >= 0, "eps", f"need eps >= 0, got {self.eps!r}")
-        require(
-            is_int(self.steps) and self.steps >= 1,
-            "steps",
-            f"need an integer >= 1, got {self.steps!r}",
-        )
-        require(
-            is_int(self.warmup_epochs) and self.warmup_epochs >= 0,
-            "warmup_epochs",
-            f"need an integer >= 0, got {self.warmup_epochs!r}",
-        )
+class SmoothAdv(SmoothAdvSettings, Objective):
+    """SmoothAdv-PGD: mean CE over the m noisy copies of the smoothed-PGD adversarial input;
+    hyperparameters: ``settings.SmoothAdvSettings``."""
 
     @property
     def batch_split(self) -> int:

@@ -17,33 +17,21 @@ SmoothAdv setting (supp. B) and lbd = 1 (supp. Table 2).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 from torch import nn
 
-from robustreg.objectives.base import StepContext, register
+from robustreg.objectives.base import StepContext
 from robustreg.objectives.common import accuracy, as_floats, copies_xent
-from robustreg.objectives.consistency import consistency_regularizer, validate_consistency
+from robustreg.objectives.consistency import consistency_regularizer
+from robustreg.objectives.settings import SmoothAdvConsistencySettings
 from robustreg.objectives.smoothadv import SmoothAdv
 
 __all__ = ["SmoothAdvConsistency"]
 
 
-@register
-@dataclass(frozen=True)
-class SmoothAdvConsistency(SmoothAdv):
-    """SmoothAdv's adversarial copies, its outer CE, plus ``consistency_regularizer`` on them."""
-
-    name: ClassVar[str] = "smoothadv_consistency"
-    lbd: float = 1.0
-    eta: float = 0.5
-    loss: str = "default"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        validate_consistency(self.m, self.loss)
+class SmoothAdvConsistency(SmoothAdvConsistencySettings, SmoothAdv):
+    """SmoothAdv's adversarial copies, its outer CE, plus ``consistency_regularizer`` on them;
+    hyperparameters: ``settings.SmoothAdvConsistencySettings``."""
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext

@@ -19,26 +19,20 @@ copy, as the authors log it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustreg.objectives.base import Objective, StepContext, register
+from robustreg.objectives.base import Objective, StepContext
 from robustreg.objectives.common import accuracy, as_floats, copy_logits, gaussian_noise
+from robustreg.objectives.settings import StabilitySettings
 
 __all__ = ["Stability"]
 
 
-@register
-@dataclass(frozen=True)
-class Stability(Objective):
-    """``CE(f(x), y) + lbd * CE(softmax f(x), softmax f(x + delta))`` (authors' train_stab.py)."""
-
-    name: ClassVar[str] = "stability"
-    lbd: float = 2.0
+class Stability(StabilitySettings, Objective):
+    """``CE(f(x), y) + lbd * CE(softmax f(x), softmax f(x + delta))`` (authors' train_stab.py);
+    hyperparameters: ``settings.StabilitySettings``."""
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext

@@ -8,26 +8,19 @@ too; the optimizer belongs to the training loop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustreg.objectives.base import Objective, StepContext, register
+from robustreg.objectives.base import Objective, StepContext
 from robustreg.objectives.common import accuracy, as_floats
+from robustreg.objectives.settings import StandardSettings
 
 __all__ = ["Standard"]
 
 
-@register
-@dataclass(frozen=True)
-class Standard(Objective):
-    """``CE(f(x), y)`` averaged over the batch."""
-
-    name: ClassVar[str] = "standard"
-    uses_sigma: ClassVar[bool] = False
+class Standard(StandardSettings, Objective):
+    """``CE(f(x), y)`` averaged over the batch (``settings.StandardSettings``)."""
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext

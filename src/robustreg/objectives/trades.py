@@ -33,17 +33,14 @@ eps = 0.435, 10 steps (step 0.087), beta = 6, noise = 0.12.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from robustreg.attacks.pgd import PerExampleLoss, eval_mode, pgd
-from robustreg.objectives.base import Objective, StepContext, register
-from robustreg.objectives.common import accuracy, as_floats, require
-from robustreg.objectives.pgd_at import is_real, validate_attack
+from robustreg.objectives.base import Objective, StepContext
+from robustreg.objectives.common import accuracy, as_floats
+from robustreg.objectives.settings import TradesSettings
 
 __all__ = ["START_STD", "Trades", "kl_to", "trades_terms"]
 
@@ -83,24 +80,9 @@ class _Shifted(nn.Module):
         return self.model(z + self.shift)
 
 
-@register
-@dataclass(frozen=True, kw_only=True)
-class Trades(Objective):
-    """TRADES' loss at the KL-PGD point; with ``noise`` > 0, Blum et al.'s noisy TRADES."""
-
-    name: ClassVar[str] = "trades"
-    uses_sigma: ClassVar[bool] = False
-    norm: str = "linf"
-    eps: float
-    steps: int
-    step_size: float
-    beta: float = 6.0
-    noise: float = 0.0
-
-    def __post_init__(self) -> None:
-        validate_attack(self.norm, self.eps, self.steps, self.step_size)
-        require(is_real(self.beta) and self.beta >= 0, "beta", f"need >= 0, got {self.beta!r}")
-        require(is_real(self.noise) and self.noise >= 0, "noise", f"need >= 0, got {self.noise!r}")
+class Trades(TradesSettings, Objective):
+    """TRADES' loss at the KL-PGD point; with ``noise`` > 0, Blum et al.'s noisy TRADES;
+    hyperparameters: ``settings.TradesSettings``."""
 
     @property
     def bf16_problem(self) -> str | None:

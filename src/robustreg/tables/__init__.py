@@ -1,9 +1,12 @@
-"""Paper tables and figures: a YAML spec each (``specs/``); one table renderer (cells
-file -> pandas frame -> jinja2 templates in ``templates/``) writing Markdown, LaTeX and HTML,
-and one figure renderer drawing a table's logs against the paper's values."""
+"""Paper tables and figures: a YAML spec each (``specs/``); one table renderer
+(``render``: cells file -> pandas frame -> jinja2 templates in ``templates/``) writing
+Markdown, LaTeX and HTML, and one figure renderer (``figure``) drawing a table's logs against
+the paper's values.
 
-from robustreg.tables.figure import render_figure
-from robustreg.tables.render import render_table
+Only the specs are imported here: planning reads them, and it needs none of the renderers'
+pandas, jinja2 and scipy.
+"""
+
 from robustreg.tables.spec import load_figure_spec, load_spec
 
-__all__ = ["load_figure_spec", "load_spec", "render_figure", "render_table"]
+__all__ = ["load_figure_spec", "load_spec"]

@@ -317,7 +317,6 @@ def draw_figure(
 ) -> Figure:
     """The matplotlib Figure of ``figure`` from our curves (``figure_curves``) and the
     paper's points (``paper_points``); a line with neither is left out."""
-    # plan.py imports this module to check figure names; matplotlib loads only to draw
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D

@@ -71,9 +71,9 @@ def read_certification(path: Path) -> pd.DataFrame:
 
 
 def read_attack_outcomes(path: Path) -> pd.DataFrame:
-    """An attack outcome log (``robustreg.attacks.suite.read_outcomes``), checked against the
+    """An attack outcome log (``robustreg.attacks.outcomes.read_outcomes``), checked against the
     attack.json of the attack job beside it, if any."""
-    from robustreg.attacks.suite import read_outcomes
+    from robustreg.attacks.outcomes import read_outcomes
 
     frame = read_outcomes(path)
     sidecar = path.parent / "attack.json"
@@ -96,9 +96,10 @@ def read_attack_outcomes(path: Path) -> pd.DataFrame:
 
 
 def read_bound_files(path: Path) -> tuple[pd.DataFrame, dict]:
-    """A bounds job's files (``robustreg.bounds.read_bounds``) from its bounds.json ``path``:
-    bounds.tsv checked against the images bounds.json names (its number of rows already is)."""
-    from robustreg.bounds import read_bounds
+    """A bounds job's files (``robustreg.bound_estimates.read_bounds``) from its bounds.json
+    ``path``: bounds.tsv checked against the images bounds.json names (its number of rows
+    already is)."""
+    from robustreg.bound_estimates import read_bounds
 
     frame, summary = read_bounds(path.parent)
     if "idx" in summary:

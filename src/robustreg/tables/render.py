@@ -59,12 +59,14 @@ from robustreg.tables.logs import read_attack_outcomes, read_certification
 from robustreg.tables.robustness import Reader
 from robustreg.tables.spec import (
     ATTACKS,
+    OUTCOME_LOGS,
     ROBUSTNESS,
     RULES,
     ColumnSpec,
     RowSpec,
     RuleSpec,
     TableSpec,
+    file_kind,
     load_spec,
 )
 
@@ -284,7 +286,6 @@ def _file_texts(
 ) -> dict[str, tuple[str, ...]]:
     """A robustness cell's files: column -> its outcome logs (a list), its bounds.json or its
     model.pt (one path)."""
-    from robustreg.tables.robustness import OUTCOMES, file_kind
 
     if not isinstance(value, dict) or not value:
         raise fail("expected a mapping column -> file(s)")
@@ -296,7 +297,7 @@ def _file_texts(
             raise fail(f"unknown column {key!r} (columns: {known})")
         if key in row.not_evaluated:
             raise fail(f"column {key!r} is not evaluated for row {row.key!r}, as in the paper")
-        several = file_kind(column.metric) == OUTCOMES
+        several = file_kind(column.metric) == OUTCOME_LOGS
         texts = given if several and isinstance(given, list) else [given]
         if not texts or (not several and isinstance(given, list)):
             want = "a non-empty list of outcome logs" if several else "one path"

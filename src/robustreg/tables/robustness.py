@@ -11,8 +11,8 @@ A robustness cell reads, per column, the files its metric needs (the cells file'
   broke has none (infinite): it is never an error, and the mean distance leaves it out (the
   table's notes say how many).
 - ``bound_error``, ``bound_distance``, ``gradient_norm`` and ``modulus``: the ``bounds.json`` of
-  a bounds job (``robustreg.bounds``): per-image loss gap and gradient dual norm, L and
-  omega(eps) estimated by GEV fits (Proposition 2.2).
+  a bounds job (``robustreg.bounds``; read by ``robustreg.bound_estimates``): per-image loss
+  gap and gradient dual norm, L and omega(eps) estimated by GEV fits (Proposition 2.2).
 - ``training_hours``: the ``model.pt`` of the row's training, which records the wall time of
   its training job and the device it ran on (``robustreg.train.training_record``).
 
@@ -30,24 +30,7 @@ import numpy as np
 import pandas as pd
 
 from robustreg.tables.logs import read_attack_outcomes, read_bound_files
-from robustreg.tables.spec import ColumnSpec, TableSpec
-
-OUTCOMES, BOUNDS, MODEL = "outcomes", "bounds", "model"
-_FILE_KIND = {
-    "clean_error": OUTCOMES,
-    "empirical_error": OUTCOMES,
-    "empirical_distance": OUTCOMES,
-    "bound_error": BOUNDS,
-    "bound_distance": BOUNDS,
-    "gradient_norm": BOUNDS,
-    "modulus": BOUNDS,
-    "training_hours": MODEL,
-}
-
-
-def file_kind(metric: str) -> str:
-    """What a robustness metric reads: outcome logs, a bounds job's summary or a model."""
-    return _FILE_KIND[metric]
+from robustreg.tables.spec import BOUND_FILES, OUTCOME_LOGS, ColumnSpec, TableSpec, file_kind
 
 
 def smallest_distances(logs: Sequence[pd.DataFrame], norm: str) -> np.ndarray:
@@ -131,9 +114,9 @@ class Reader:
         """The column's value from its files (not yet scaled to percent)."""
         kind = file_kind(column.metric)
         try:
-            if kind == OUTCOMES:
+            if kind == OUTCOME_LOGS:
                 return self._outcome_value(column, [self.outcomes(p) for p in paths])
-            if kind == BOUNDS:
+            if kind == BOUND_FILES:
                 (path,) = paths
                 return self._bound_value(column, *self.bounds(path))
             (path,) = paths
@@ -152,7 +135,7 @@ class Reader:
 
     @staticmethod
     def _bound_value(column: ColumnSpec, frame: pd.DataFrame, summary: dict) -> float:
-        from robustreg.bounds import bound_distances, bound_error
+        from robustreg.bound_estimates import bound_distances, bound_error
 
         if summary["norm"] != column.norm:
             raise ValueError(f"the bounds are in {summary['norm']}, the column in {column.norm}")

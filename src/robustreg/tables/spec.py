@@ -280,6 +280,27 @@ _ROBUSTNESS_PANEL_KEYS = _PANEL_KEYS | {"norm", "eps_max"}
 DISTANCE_METRICS = ("empirical_error", "empirical_distance")
 
 
+# What each robustness metric reads (robustreg.tables.robustness): attack outcome logs, a bounds
+# job's files, or the row's model (its training record). Declared here, not beside the readers,
+# so that the planner learns a column's inputs without importing pandas.
+OUTCOME_LOGS, BOUND_FILES, MODEL_FILE = "outcomes", "bounds", "model"
+_FILE_KIND = {
+    "clean_error": OUTCOME_LOGS,
+    "empirical_error": OUTCOME_LOGS,
+    "empirical_distance": OUTCOME_LOGS,
+    "bound_error": BOUND_FILES,
+    "bound_distance": BOUND_FILES,
+    "gradient_norm": BOUND_FILES,
+    "modulus": BOUND_FILES,
+    "training_hours": MODEL_FILE,
+}
+
+
+def file_kind(metric: str) -> str:
+    """What a robustness metric reads: outcome logs, a bounds job's summary or a model."""
+    return _FILE_KIND[metric]
+
+
 @dataclass(frozen=True)
 class GroupSpec:
     key: str
