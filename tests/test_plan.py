@@ -198,11 +198,12 @@ def test_consistency_tables_share_identical_configs():
     #   Table 3: the same 18 configs with seeds 1..4 (seed 0 is Table 2's)   72
     #   Table 4: MSE 5/20/50, KL 5/20/50, cross-entropy 20 (Gaussian and
     #            cross-entropy 5 are Table 2's sigma = 1.00 models)            7
-    #   Table 5: m = 4 and 8 at 3 sigmas (m = 2 is Table 2's)                  6
+    #   Table 5: m = 4 and 8 at 3 sigmas, m = 2 at sigma = 0.25 (lambda = 5
+    #            everywhere; m = 2 at 0.50 and 1.00 is Table 2's)              7
     #   Table 6: lambda 1, 10, 15, 25, 30, 50 (0 = Gaussian and 5 are
     #            Table 2's; 20 is Table 4's cross-entropy 20)                  6
     #   Table 7: 7 CIFAR-10 rows x 3 sigmas                                   21
-    assert len(needed) == 18 + 72 + 7 + 6 + 6 + 21
+    assert len(needed) == 18 + 72 + 7 + 7 + 6 + 21
     # ... and the number of distinct resolved configs is the number of folders.
     assert len({json.dumps(plan.experiments[e], sort_keys=True) for e in needed}) == len(needed)
 
@@ -217,8 +218,13 @@ def test_consistency_tables_share_identical_configs():
     assert t4["xent5", 1.0] == t2["consistency", 1.0] == t6["lbd5", 1.0]
     assert t4["gaussian", 1.0] == t2["gaussian", 1.0] == t6["lbd0", 1.0]
     assert t6["lbd20", 1.0] == t4["xent20", 1.0]
-    for sigma in (0.25, 0.5, 1.0):
+    # Table 5 trains lambda = 5 at every sigma (the authors' released logs): Table 2's
+    # consistency model at 0.50 and 1.00, not at 0.25, where Table 2's lambda is 10
+    assert {plan.experiments[e]["params"]["lbd"] for (e,) in t5.values()} == {5.0}
+    for sigma in (0.5, 1.0):
         assert t5["m2", sigma] == t2["consistency", sigma]
+    assert t5["m2", 0.25] != t2["consistency", 0.25]
+    for sigma in (0.25, 0.5, 1.0):
         assert t5["m8", sigma] != t2["consistency", sigma]
 
 
