@@ -1223,3 +1223,14 @@ def test_table7_collapsed_stability_rows_render_as_the_paper_prints_them(tmp_pat
     assert "25.0 (10.7)" in merged[0] and "25.0 (10.8)" in merged[1]
     assert md.count("| Stability (λ = 10) |") == 1
     assert "ours differ at σ = 1.00" in md
+
+
+def test_captions_state_where_the_consistency_paper_mixes_its_readings():
+    # Table 3: the released seed logs give the consistency rows' printed deviations with
+    # ddof = 0 and the baselines' with ddof = 1; ours is ddof = 1 throughout (render.py)
+    table3 = " ".join(load_spec("table3_mnist_seeds").caption.split())
+    assert "sample standard deviation (ddof = 1) in every row" in table3
+    assert "population standard deviation (ddof = 0)" in table3
+    # Table 6: the lambda = 5 row's ACR is Table 2's, its accuracies another run's
+    table6 = " ".join(load_spec("table6_mnist_lambda").caption.split())
+    assert "Table 2's ACR (1.740)" in table6 and "1.738" in table6
