@@ -579,3 +579,31 @@ def test_pgd_takes_one_radius_per_example(norm):
     assert (sizes <= eps + 1e-6).all() and sizes.max() > 0.05
     alone = pgd(model, x, y, norm=norm, eps=0.1, steps=5, step_size=0.025, random_start=False)
     assert torch.allclose(points[1], alone[1], atol=1e-6)
+
+
+def test_autoattack_builds_apgd_for_its_iterations(monkeypatch):
+    # APGD's step-size checkpoints come from n_iter in its constructor: a custom n_iter must
+    # reach the constructor, with every other setting AutoAttack gave the part kept
+    from pyautoattack import AutoAttack
+
+    from robustreg.attacks.registry import build_attack
+
+    seen = {}
+
+    def evaluation(self, x, y, batch_size):
+        seen["adversary"] = self
+        return x.clone(), y
+
+    monkeypatch.setattr(AutoAttack, "run_standard_evaluation", evaluation)
+    spec = {"kind": "autoattack", "norm": "linf", "eps": 0.3, "version": "custom", "n_iter": 20}
+    spec["attacks"] = ["apgd-ce", "apgd-t"]
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 10))
+    build_attack(spec).perturb(model, torch.rand(2, 1, 2, 2), torch.tensor([0, 1]))
+    adversary = seen["adversary"]
+    for part in (adversary.apgd, adversary.apgd_targeted):
+        assert (part.n_iter, part.n_iter_orig) == (20, 20)
+        assert (part.n_iter_2, part.n_iter_min, part.size_decr) == (4, 1, 1)
+        assert part.eps == 0.3 and part.norm == "Linf"
+    assert adversary.apgd.loss == "ce" and adversary.apgd_targeted.loss == "dlr-targeted"
+    assert adversary.fab.n_iter == 20
+    assert adversary.apgd.n_restarts == 5 and adversary.apgd_targeted.n_target_classes == 9
