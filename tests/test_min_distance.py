@@ -341,3 +341,23 @@ def test_pgd_min_distance_checks_its_arguments():
         pgd_min_distance(model, x, y, **(settings | {"eps_max": 0}))
     with pytest.raises(ValueError, match=r"^restarts: must be an integer >= 1, got 0$"):
         pgd_min_distance(model, x, y, **(settings | {"restarts": 0}))
+
+
+class _DarkIsOne(nn.Module):
+    """Class 1 for an image darker than 1e-3 on average, else class 0, by a wide margin: no
+    small perturbation of a bright image changes its class, the black image is class 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = 1e3 * (x.flatten(1).mean(dim=1) - 1e-3)
+        return torch.stack([score, -score], dim=1)
+
+
+def test_carlini_wagner_min_does_not_count_its_unreached_start_as_found():
+    # Foolbox's CW returns zeros where it found nothing; the black image fools this model, so
+    # Foolbox calls it a success at distance ||x|| though CW never went there
+    torch.manual_seed(0)
+    x = 0.5 + 0.1 * torch.rand(3, 1, 4, 4)
+    y = torch.zeros(3, dtype=torch.int64)
+    spec = {"kind": "cw_l2_min", "binary_search_steps": 1, "steps": 2}
+    points = build_attack(spec).perturb(_DarkIsOne(), x, y)
+    assert torch.equal(points, x)  # the clean images: nothing found

@@ -386,7 +386,7 @@ def _attacks_table(config: dict, plan: Plan, table_name: str, table: dict) -> Ta
             )
             attack = _attack(config, name, attack_where)
             job = {"experiment": exp_id, "dataset": exp["data"]["dataset"], "attack": attack}
-            job |= evaluation
+            job = _revised(job | evaluation)
             key = f"{exp_id}/{name}-{digest(job)}"
             plan.attacks[key] = job
             jobs[column.key] = key
@@ -483,7 +483,7 @@ def _robustness_table(config: dict, plan: Plan, table_name: str, table: dict) ->
                     raise ConfigError(
                         f"{at}.{norm}[{i}]: {name!r} is not a minimum-distance attack"
                     )
-                attack_job = job | {"attack": attack}
+                attack_job = _revised(job | {"attack": attack})
                 key = f"{exp_id}/{name}-{digest(attack_job)}"
                 plan.attacks[key] = attack_job
                 logs.append(f"results/attacks/{key}/outcomes.tsv")
@@ -632,6 +632,13 @@ def _attack(config: dict, name: str, where: str) -> dict:
         raise
     except ValueError as err:
         raise ConfigError(str(err).replace(f"attack {name}", f"attacks.{name}", 1)) from None
+
+
+def _revised(job: dict) -> dict:
+    """An attack job with its kind's ``revision`` where the kind's code changed what its points
+    mean (``Attack.revision`` above 1): the job's id changes with it, the rule ignores it."""
+    revision = REGISTRY[job["attack"]["kind"]].revision
+    return job | {"revision": revision} if revision > 1 else job
 
 
 def _schedule(config: dict, name: str, where: str) -> dict:

@@ -123,12 +123,15 @@ class Attack:
     (``robustreg.attacks.runner.attack_mode``), and torch's global RNG seeded by the runner; it
     returns one point per image, in [0, 1] and within the threat model.
     ``distribution`` names the installed package whose code runs the attack; ``minimal`` is
-    True for minimum-distance attacks (``_Minimal``).
+    True for minimum-distance attacks (``_Minimal``). ``revision`` counts the changes to what a
+    kind's points mean with the same settings: above 1 it is part of its jobs' ids
+    (``robustreg.plan``), so that outcomes of the earlier code are computed again, not reused.
     """
 
     kind: ClassVar[str] = ""
     distribution: ClassVar[str] = "robustreg"
     minimal: ClassVar[bool] = False
+    revision: ClassVar[int] = 1
 
     @property
     def threat(self) -> tuple[str, float] | None:
@@ -439,6 +442,8 @@ class CarliniWagnerL2MinSettings(_CarliniWagner, _Minimal):
 
     kind: ClassVar[str] = "cw_l2_min"
     distribution: ClassVar[str] = "foolbox"
+    # 2: Foolbox's unreached all-zero start is "not found", no longer broken at distance ||x||
+    revision: ClassVar[int] = 2
     norm: str = setting("l2", need=only("l2"))
 
     def check(self, where: str) -> None:

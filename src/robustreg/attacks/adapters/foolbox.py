@@ -107,9 +107,13 @@ class DeepFoolLinf(DeepFoolLinfSettings):
 @implements
 class CarliniWagnerL2Min(CarliniWagnerL2MinSettings):
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        # where it finds nothing Foolbox returns zeros, which success marks as not adversarial
         found, _, success = _carlini_wagner(self)(_model(model, x), x, y, epsilons=None)
-        return fooling(x, found, success)
+        # Foolbox 3.3.4 starts CW's best points at zeros (carlini_wagner.py, best_advs) and
+        # returns them where it found nothing; its success then only says whether the black
+        # image is misclassified. A point still all zeros is not one CW found (its points
+        # stay near x): not found, not broken at distance ||x||.
+        untouched = (found == 0).flatten(1).all(dim=1) & (x != 0).flatten(1).any(dim=1)
+        return fooling(x, found, success & ~untouched)
 
 
 @implements
