@@ -115,15 +115,16 @@ LABELS = torch.tensor([0, 1, 2])
 
 
 def test_margin_loss_top1_by_hand():
+    # on the outputs as given (outputs="logits"); the default takes them to probabilities
     # class 0 wins (2 - 3), class 1 loses to 3, class 2 loses to 3
     expected = torch.tensor([-1.0, 2.0, 1.0])
-    torch.testing.assert_close(margin_loss(LOGITS, LABELS), expected)
+    torch.testing.assert_close(margin_loss(LOGITS, LABELS, outputs="logits"), expected)
 
 
 def test_margin_loss_top2_by_hand():
     # 2nd largest of the others: {1, 2} -> 1, {3, 2} -> 2, {3, 1} -> 1
     expected = torch.tensor([1.0 - 3.0, 2.0 - 1.0, 1.0 - 2.0])
-    torch.testing.assert_close(margin_loss(LOGITS, LABELS, top_k=2), expected)
+    torch.testing.assert_close(margin_loss(LOGITS, LABELS, top_k=2, outputs="logits"), expected)
 
 
 def test_margin_loss_softmax_by_hand():
@@ -197,7 +198,7 @@ def test_gradient_dual_norms_closed_form_on_linear_model(norm, p, top_k):
     )
 
     model.train()
-    loss, dual = gradient_dual_norms(model, x, y, norm, top_k=top_k)
+    loss, dual = gradient_dual_norms(model, x, y, norm, top_k=top_k, outputs="logits")
     assert model.training and model[1].training  # modes given back
     torch.testing.assert_close(loss, expected_loss)
     torch.testing.assert_close(dual, expected_norm)
@@ -258,7 +259,7 @@ def test_modulus_is_zero_for_a_linear_model(norm, clip):
     top2 = logits.topk(3, dim=1).values
     assert (top2[:, 0] - top2[:, 1]).min() > 1e-3 and (top2[:, 1] - top2[:, 2]).min() > 1e-3
     generator = torch.Generator().manual_seed(0)
-    m = modulus_samples(model, x, y, 1e-5, norm, 16, generator, clip=clip)
+    m = modulus_samples(model, x, y, 1e-5, norm, 16, generator, clip=clip, outputs="logits")
     assert m.shape == (6,)
     assert m.abs().max() < 1e-12
 
@@ -275,7 +276,15 @@ class _Quadratic(nn.Module):
 def test_modulus_is_the_curvature_term_for_a_quadratic(norm):
     x, y, eps, samples = _images(4), torch.ones(4, dtype=torch.long), 0.5, 32
     m = modulus_samples(
-        _Quadratic(), x, y, eps, norm, samples, torch.Generator().manual_seed(7), clip=False
+        _Quadratic(),
+        x,
+        y,
+        eps,
+        norm,
+        samples,
+        torch.Generator().manual_seed(7),
+        clip=False,
+        outputs="logits",
     )
     replay = torch.Generator().manual_seed(7)
     draws = torch.stack(

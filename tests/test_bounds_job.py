@@ -99,13 +99,14 @@ def test_runner_loss_and_gradient_norms_are_gradient_dual_norms(norm, top_k):
 @pytest.mark.parametrize("clip", [True, False])
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 def test_modulus_is_zero_for_a_linear_margin(norm, clip):
-    # With two classes, l(x) = f_1 - f_0 is linear everywhere, so Eq. 5's bracket vanishes for
-    # every v (clipped or not); only float32 rounding is left. The ReLU net's is far from 0.
+    # With two classes and f the logits, l(x) = f_1 - f_0 is linear everywhere, so Eq. 5's
+    # bracket vanishes for every v (clipped or not); only float32 rounding is left. The ReLU
+    # net's is far from 0.
     torch.manual_seed(0)
     linear = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
     x, _ = _images(12)
     y = torch.arange(12) % 2
-    result = _run(linear, x, y, norm=norm, eps=[0.5, 2.0], clip=clip)
+    result = _run(linear, x, y, norm=norm, eps=[0.5, 2.0], clip=clip, outputs="logits")
     assert np.abs(result["modulus"]).max() < 1e-5
     relu = _run(_conv(), x, y % K, norm=norm, eps=[0.5, 2.0], clip=clip)
     assert relu["modulus"].max() > 1e-2
@@ -141,7 +142,7 @@ def test_every_eps_scales_the_same_draws(norm):
     x, _ = _images(10)
     y = torch.ones(10, dtype=torch.long)
     eps = [0.25, 0.5, 2.0]
-    result = _run(_Quadratic(), x, y, norm=norm, eps=eps, samples=5, clip=False)
+    result = _run(_Quadratic(), x, y, norm=norm, eps=eps, samples=5, clip=False, outputs="logits")
     ratio = result["modulus"] / np.square(eps)
     np.testing.assert_allclose(ratio, ratio[:, :1].repeat(3, axis=1), rtol=1e-4)
     assert ratio.std(axis=0).min() > 0  # the draws differ between images

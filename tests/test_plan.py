@@ -568,8 +568,10 @@ def test_ids_of_valid_configs_are_unchanged():
         "mnist-small_cnn_mnist-standard-51b9777e92/pgd40_l2_mnist-ad5aa554bf"
     )
     omega = plan.tables["table2_gradreg"].cells[0].files["omega"]
+    # moved once on purpose (was gradreg_l2-097234f28e): the margin loss of a bounds job became
+    # section 2.2's, on label probabilities (outputs: softmax), so the old bounds mean another thing
     assert omega == (
-        "results/bounds/cifar10-resnext34_2x32_cifar-standard-c0be1408b2/gradreg_l2-097234f28e/"
+        "results/bounds/cifar10-resnext34_2x32_cifar-standard-c0be1408b2/gradreg_l2-d98e9eeceb/"
         "bounds.json",
     )
     quick = make_plan(merged(yaml.safe_load((REPO / "config" / "quick.yaml").read_text())))
@@ -608,3 +610,9 @@ def test_an_attack_kind_whose_meaning_changed_gets_new_job_ids():
         for key, job in plan.attacks.items()
         if key not in revised
     )
+
+
+def test_bounds_take_the_margin_on_label_probabilities_by_default():
+    # section 2: f "takes input vectors x to label probabilities"; section 2.2's loss is on f
+    plan = make_plan(merged())
+    assert plan.bounds and {job["bounds"]["outputs"] for job in plan.bounds.values()} == {"softmax"}

@@ -63,14 +63,14 @@ class BoundSettings:
     samples: int = setting(need=INT_1)
     block: int = setting(need=INT_1)
     top_k: int = setting(1, need=INT_1)
-    outputs: str = setting("logits", need=one_of(*OUTPUTS))
+    outputs: str = setting("softmax", need=one_of(*OUTPUTS))
     clip: bool = setting(True, need=BOOL)
 
 
 def resolve_bound_settings(spec: Mapping) -> dict:
     """The bounds job's settings from a mapping such as ``{"norm": "l2", "eps": [0.5, 1.0],
     "samples": 10, "block": 10}``, defaults filled in (``BoundSettings``: top_k 1, outputs
-    "logits", clip true), numbers as floats; one-line ValueErrors name the unknown, missing or
+    "softmax", clip true), numbers as floats; one-line ValueErrors name the unknown, missing or
     bad key."""
     if not isinstance(spec, Mapping):
         raise ValueError(f"bounds: need a mapping of settings, got {spec!r}")

@@ -105,7 +105,7 @@ __all__ = [
 
 
 def margin_loss(
-    logits: torch.Tensor, labels: torch.Tensor, top_k: int = 1, outputs: str = "logits"
+    logits: torch.Tensor, labels: torch.Tensor, top_k: int = 1, outputs: str = "softmax"
 ) -> torch.Tensor:
     """The modified Carlini-Wagner loss of section 2.2, per example [N]:
 
@@ -116,11 +116,13 @@ def margin_loss(
     for top-1 and, with k = 5, for the ImageNet top-5 error (the paper's footnote 1; the
     authors' imagenet/test_statistics.py likewise takes the 6th-largest output overall).
 
-    ``outputs`` says what f is. "logits" (the default) uses the model outputs as given: the
-    paper writes the loss on f_i (section 2.2 and the caption of Table B.3), and Carlini &
-    Wagner's loss is on logits. "softmax" applies it to softmax probabilities, as the authors'
-    released cfinlay/tulip cifar10/test_statistics.py does; the gap -l is then at most 1 and
-    L and omega come out in those units. The bounds are not comparable across the two.
+    ``outputs`` says what f is. "softmax" (the default) takes the softmax of the model's
+    outputs: section 2 defines f as "a model which takes input vectors x to label
+    probabilities", so section 2.2's loss is max_{i != c} p_i - p_c, and the authors' released
+    cfinlay/tulip cifar10/test_statistics.py takes it after a softmax too; the gap -l is then
+    at most 1 and L and omega are in those units, the paper's. "logits" uses the model's
+    outputs as given (Carlini & Wagner's own loss). The bounds are not comparable across the
+    two.
 
     Args:
         logits: model outputs [N, C], C >= 2.
@@ -170,7 +172,7 @@ def gradient_dual_norms(
     y: torch.Tensor,
     norm: str,
     top_k: int = 1,
-    outputs: str = "logits",
+    outputs: str = "softmax",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image loss and dual norm of its input gradient, the two numbers Proposition 2.2
     needs per image:
@@ -245,7 +247,7 @@ def modulus_samples(
     generator: torch.Generator | Sequence[torch.Generator],
     *,
     top_k: int = 1,
-    outputs: str = "logits",
+    outputs: str = "softmax",
     clip: bool = True,
 ) -> torch.Tensor:
     """Per-image sampled maxima of the bracket of Eq. 5 (the modulus of continuity):
@@ -303,7 +305,7 @@ def bound_statistics(
     eps: Sequence[float],
     samples: int,
     top_k: int = 1,
-    outputs: str = "logits",
+    outputs: str = "softmax",
     clip: bool = True,
     batch_size: int,
     seed: int,
