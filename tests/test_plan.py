@@ -616,3 +616,17 @@ def test_bounds_take_the_margin_on_label_probabilities_by_default():
     # section 2: f "takes input vectors x to label probabilities"; section 2.2's loss is on f
     plan = make_plan(merged())
     assert plan.bounds and {job["bounds"]["outputs"] for job in plan.bounds.values()} == {"softmax"}
+
+
+def test_attacks_tables_say_which_rows_early_stopping_selected():
+    # the ATENT paper early-stops some models and not others: each table names them, how
+    # they were selected, and that the rest are last epochs (at every scale, not a banner)
+    plan = make_plan(merged())
+    (note,) = plan.tables["table3_atent"].notes
+    assert note.startswith("Checkpoint selection (early stopping) for PGD-AT (E): the epoch")
+    assert "10-step ℓ∞ PGD at ε = 0.03137 on 1,000 training images held out" in note
+    assert "ℓ∞ ATENT: the epoch of highest accuracy under 20-step" in note
+    assert "PGD-AT," not in note and note.endswith("Every other row is its model's last epoch.")
+    (note,) = plan.tables["table6_atent"].notes  # both rows attack the early-stopped ATENT
+    assert "last epoch" not in note
+    assert plan.tables["table2_mnist"].notes == []

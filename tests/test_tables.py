@@ -1234,3 +1234,23 @@ def test_captions_state_where_the_consistency_paper_mixes_its_readings():
     # Table 6: the lambda = 5 row's ACR is Table 2's, its accuracies another run's
     table6 = " ".join(load_spec("table6_mnist_lambda").caption.split())
     assert "Table 2's ACR (1.740)" in table6 and "1.738" in table6
+
+
+def test_cells_file_notes_are_rendered_first_in_both_outputs(tmp_path):
+    log = write_log(tmp_path / "a.tsv", *LOG_A)
+    note = "Checkpoint selection (early stopping) for Gaussian: the epoch of 5 & 6_x."
+    cells = [{"row": "gaussian", "sigma": 0.25, "log": str(log)}]
+    cells_path = write_cells(tmp_path / "cells.yaml", cells, notes=[note])
+    md, tex = tmp_path / "t.md", tmp_path / "t.tex"
+    render_table(cells_path, md, tex)
+    assert note.replace("_", r"\_") in md.read_text()
+    assert r"5 \& 6\_x" in tex.read_text()
+
+
+@pytest.mark.parametrize("notes", ["one string", [""], [3], {"a": "b"}])
+def test_cells_file_notes_must_be_a_list_of_strings(tmp_path, notes):
+    log = write_log(tmp_path / "a.tsv", *LOG_A)
+    cells = [{"row": "gaussian", "sigma": 0.25, "log": str(log)}]
+    cells_path = write_cells(tmp_path / "cells.yaml", cells, notes=notes)
+    with pytest.raises(ValueError, match=r"cells.yaml: notes: expected a list of non-empty"):
+        render_table(cells_path, tmp_path / "t.md", tmp_path / "t.tex")

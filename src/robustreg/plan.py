@@ -99,6 +99,7 @@ class TablePlan:
     seeded: bool = False  # cells aggregate a list of seeds
     cells: list[Cell] = field(default_factory=list)
     group_key: str = "sigma"  # the spec's group key, as cells files name it
+    notes: list[str] = field(default_factory=list)  # said under the table at every scale
 
 
 @dataclass
@@ -402,7 +403,39 @@ def _attacks_table(config: dict, plan: Plan, table_name: str, table: dict) -> Ta
         tplan.cells.append(Cell(row_key, group, (exp_id,), attacks=jobs))
     texts = {name: attack_banner(config, name, runs, evaluation) for name, runs in scales.items()}
     tplan.banner = _with_note(_per_dataset(texts), table, where, config)
+    tplan.notes = _selection_notes(plan, tplan, spec)
     return tplan
+
+
+NORM_SYMBOLS = {"l2": "ℓ2", "linf": "ℓ∞"}
+
+
+def _selection_notes(plan: Plan, table: TablePlan, spec) -> list[str]:
+    """Which rows' models are the epoch early stopping chose (``schedule.early_stop``,
+    ``robustreg.schedule.EarlyStop``) and on what, the others being their last epoch: the
+    ATENT paper selects some models this way and not others, so the table says which."""
+    by_rule: dict[tuple, list[str]] = {}
+    rows = {row.key: row for row in spec.rows}
+    for cell in table.cells:
+        stop = plan.experiments[cell.experiments[0]]["schedule"].get("early_stop")
+        if stop:
+            rule = (stop["val_images"], stop["norm"], stop["eps"], stop["steps"])
+            labels = rows[cell.row].labels
+            by_rule.setdefault(rule, []).append(labels[next(iter(labels))])
+    if not by_rule:
+        return []
+    rules = [
+        f"{', '.join(labels)}: the epoch of highest accuracy under {steps}-step "
+        f"{NORM_SYMBOLS[norm]} PGD at ε = {eps:.4g} on {images:,} training images held out of "
+        "training"
+        for (images, norm, eps, steps), labels in by_rule.items()
+    ]
+    everyone = sum(map(len, by_rule.values())) == len(table.cells)
+    return [
+        "Checkpoint selection (early stopping) for "
+        + "; ".join(rules)
+        + ("." if everyone else ". Every other row is its model's last epoch.")
+    ]
 
 
 def _robustness_table(config: dict, plan: Plan, table_name: str, table: dict) -> TablePlan:
@@ -820,6 +853,8 @@ def cells_document(table: TablePlan, path: str | Path) -> dict:
     doc = {"table": table.spec, "cells": cells}
     if table.banner:
         doc["banner"] = table.banner
+    if table.notes:
+        doc["notes"] = list(table.notes)
     return doc
 
 

@@ -6,6 +6,7 @@ elsewhere::
 
     table: table2_mnist                 # spec name (robustreg/tables/specs/<name>.yaml)
     banner: "Reduced scale: ..."        # optional; shown above the table and in the caption
+    notes: ["Checkpoint selection ..."] # optional; shown under the table with its own notes
     cells:
       - {row: gaussian, sigma: 0.25, log: ../certify/abc/certify.tsv}
       # a table whose columns all have ``aggregate: mean_std``: one log per training seed
@@ -83,7 +84,7 @@ FRAME_COLUMNS = [
     "bold",
     "underline",
 ]
-_CELLS_KEYS = {"table", "banner", "cells"}
+_CELLS_KEYS = {"table", "banner", "notes", "cells"}
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class CellsFile:
     spec: TableSpec
     banner: str | None
     cells: tuple[Cell, ...]
+    notes: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------------------ cells file
@@ -137,7 +139,7 @@ def load_cells(
         raise fail("expected a mapping with keys table, cells (and optional banner)")
     unknown = sorted(str(k) for k in raw if k not in _CELLS_KEYS)
     if unknown:
-        raise fail(f"unknown key {unknown[0]!r} (allowed: banner, cells, table)")
+        raise fail(f"unknown key {unknown[0]!r} (allowed: banner, cells, notes, table)")
     if "table" not in raw:
         raise fail("missing key 'table'")
     try:
@@ -147,6 +149,9 @@ def load_cells(
     banner = raw.get("banner")
     if banner is not None and (not isinstance(banner, str) or not banner.strip()):
         raise fail(f"banner: expected a non-empty string, got {banner!r}")
+    notes = raw.get("notes", [])
+    if not isinstance(notes, list) or not all(isinstance(n, str) and n.strip() for n in notes):
+        raise fail(f"notes: expected a list of non-empty strings, got {notes!r}")
 
     def locate(text: str, where: str) -> Path:
         """The path ``text`` of the cells file names, relative to its folder; refused unless
@@ -243,7 +248,7 @@ def load_cells(
             texts = _log_texts(entry["log"], spec, lambda m, w=where: fail(f"{w}: log: {m}"))
             logs = tuple(locate(t, f"{where}: log") for t in texts)
             cells.append(Cell(row=row, group=group, logs=logs, log_texts=texts))
-    return CellsFile(path=path, spec=spec, banner=banner, cells=tuple(cells))
+    return CellsFile(path=path, spec=spec, banner=banner, cells=tuple(cells), notes=tuple(notes))
 
 
 def _log_texts(value: Any, spec: TableSpec, fail: Callable[[str], ValueError]) -> tuple[str, ...]:
@@ -970,7 +975,7 @@ def _context(cells: CellsFile, frame: pd.DataFrame, reader: Reader) -> dict[str,
         "source": spec.source,
         "group": spec.group,
         **grid,
-        "notes": divided + grid["notes"] + cited + measured,
+        "notes": [*cells.notes, *divided, *grid["notes"], *cited, *measured],
         "rules": rules,
         "banner": banner,
         "default_banner": None if banner else default_banner,
