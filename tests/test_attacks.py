@@ -607,3 +607,18 @@ def test_autoattack_builds_apgd_for_its_iterations(monkeypatch):
     assert adversary.apgd.loss == "ce" and adversary.apgd_targeted.loss == "dlr-targeted"
     assert adversary.fab.n_iter == 20
     assert adversary.apgd.n_restarts == 5 and adversary.apgd_targeted.n_target_classes == 9
+
+
+def test_autoattack_records_the_code_its_package_repackages():
+    # pyautoattack is not Croce & Hein's release: attack.json names the upstream commit whose
+    # attack files the pinned version carries (other kinds record their package only)
+    from robustreg.attacks.registry import build_attack
+
+    autoattack = build_attack({"kind": "autoattack", "norm": "linf", "eps": 0.3})
+    assert autoattack.library() == {
+        "library": "pyautoattack",
+        "library_version": "0.2.0",
+        "upstream": "fra31/auto-attack@a392200",
+    }
+    pgd = build_attack({"kind": "pgd", "norm": "l2", "eps": 1.0, "steps": 1, "step_size": 0.5})
+    assert "upstream" not in pgd.library()

@@ -132,6 +132,8 @@ class Attack:
     distribution: ClassVar[str] = "robustreg"
     minimal: ClassVar[bool] = False
     revision: ClassVar[int] = 1
+    # distribution version -> the source it repackages, where that is not its own authors'
+    upstream: ClassVar[dict[str, str]] = {}
 
     @property
     def threat(self) -> tuple[str, float] | None:
@@ -157,10 +159,13 @@ class Attack:
         }
 
     def library(self) -> dict[str, str]:
-        return {
-            "library": self.distribution,
-            "library_version": importlib.metadata.version(self.distribution),
-        }
+        """The package that runs the attack and its version, and the code it repackages
+        where that is known (``upstream``): what attack.json records."""
+        version = importlib.metadata.version(self.distribution)
+        record = {"library": self.distribution, "library_version": version}
+        if version in self.upstream:
+            record["upstream"] = self.upstream[version]
+        return record
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """The kind's points (see above): run by the subclass in its library's module
@@ -363,13 +368,16 @@ class CarliniWagnerLinfSettings(_Threat):
 @register
 @dataclass(frozen=True, kw_only=True)
 class AutoAttackSettings(_Threat):
-    """Croce & Hein's AutoAttack (``pyautoattack``). ``version`` standard (APGD-CE, APGD-T,
-    FAB-T, Square), plus, rand, or custom with ``attacks`` (and optionally ``n_iter``, the
-    iterations of APGD and FAB, default 100). Seeded from torch's RNG, which the runner seeds
-    per batch."""
+    """Croce & Hein's AutoAttack, run by ``pyautoattack``: a third-party repackaging of the
+    authors' fra31/auto-attack, not a release of theirs (pyautoattack 0.2.0's attack files equal
+    that repository's at commit a392200 apart from imports; attack.json records it as
+    ``upstream``). ``version`` standard (APGD-CE, APGD-T, FAB-T, Square), plus, rand, or custom
+    with ``attacks`` (and optionally ``n_iter``, the iterations of APGD and FAB, default 100).
+    Seeded from torch's RNG, which the runner seeds per batch."""
 
     kind: ClassVar[str] = "autoattack"
     distribution: ClassVar[str] = "pyautoattack"
+    upstream: ClassVar[dict[str, str]] = {"0.2.0": "fra31/auto-attack@a392200"}
     version: str = setting("standard", need=one_of("standard", "plus", "rand", "custom"))
     attacks: tuple[str, ...] = setting(
         (),

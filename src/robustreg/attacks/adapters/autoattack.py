@@ -1,5 +1,6 @@
-"""AutoAttack's kind (Croce & Hein 2020; ``Attack.distribution`` "pyautoattack"):
-``autoattack``, its declaration (``robustreg.attacks.registry``) with its ``perturb``."""
+"""AutoAttack's kind (Croce & Hein 2020; ``Attack.distribution`` "pyautoattack", a
+third-party repackaging of their fra31/auto-attack): ``autoattack``, its declaration
+(``robustreg.attacks.registry``) with its ``perturb``."""
 
 from __future__ import annotations
 
