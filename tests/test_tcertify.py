@@ -261,3 +261,58 @@ def test_generalized_upper_bound_with_many_tied_classes_solves_the_full_sum():
     for row, bound in zip(others, bounds, strict=True):
         reference = brentq(lambda p, row=row: binom.cdf(row, n, p).sum() - level, 1e-12, 1.0)
         assert reference <= bound <= reference + 1e-9
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_t_certify_bonferroni_is_the_paper_rule_at_alpha_over_the_grid(seed):
+    # the sound variant splits alpha evenly over the grid: each point at alpha / |grid|
+    rng = np.random.default_rng(seed)
+    p = np.array([0.7, 0.2, 0.1])
+    counts0, counts = rng.multinomial(100, p, size=50), rng.multinomial(2000, p, size=50)
+    sound = t_certify(counts0, counts, 0.5, 0.01, level="bonferroni")
+    split = t_certify(counts0, counts, 0.5, 0.01 / len(TCERTIFY_GRID))
+    for ours, theirs in zip(sound, split, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    paper = t_certify(counts0, counts, 0.5, 0.01)
+    assert np.all(sound[1] <= paper[1]) and np.any(sound[1] < paper[1])
+
+
+def test_t_certify_bonferroni_overstates_with_probability_at_most_alpha():
+    trials, alpha, sigma = 4000, 0.1, 0.5
+    p = np.array([0.5, 0.3, 0.2])
+    rng = np.random.default_rng(99)
+    counts0 = rng.multinomial(100, p, size=trials)
+    counts = rng.multinomial(1000, p, size=trials)
+    prediction, radius, _ = t_certify(counts0, counts, sigma, alpha, level="bonferroni")
+    true_radius = sigma / 2 * (norm.ppf(p[0]) - norm.ppf(p[1]))
+    overstated = (prediction != ABSTAIN) & ((prediction != 0) | (radius > true_radius))
+    assert np.any(prediction != ABSTAIN)
+    assert overstated.mean() <= alpha
+
+
+def test_t_certify_rejects_an_unknown_level():
+    with pytest.raises(ValueError, match="level must be one of paper, bonferroni"):
+        t_certify([[9, 1]], [[90, 10]], 0.5, 0.001, level="holm")
+
+
+def test_cli_level_bonferroni_and_its_choices(tmp_path, capsys):
+    from robustreg.certify import TCERTIFY_LEVELS, read_certify_log
+    from robustreg.cli import main
+
+    rng = np.random.default_rng(3)
+    p = np.array([0.7, 0.3])
+    counts0, counts = rng.multinomial(100, p, size=8), rng.multinomial(1000, p, size=8)
+    path = tmp_path / "counts.npz"
+    np.savez(
+        path,
+        **{"sigma": 0.5, "n0": 100, "n": 1000, "seed": 0, "counts0": counts0, "counts": counts},
+        **{"idx": np.arange(8), "label": np.zeros(8, dtype=np.int64), "seconds": np.ones(8)},
+    )
+    args = ["tcertify", "--counts", str(path), "--alpha", "0.01", "--out", str(tmp_path / "t")]
+    assert main([*args, "--level", "bonferroni"]) == 0
+    _, radius, _ = t_certify(counts0, counts, 0.5, 0.01, level="bonferroni")
+    np.testing.assert_array_equal(read_certify_log(tmp_path / "t")["radius"], radius)
+    # the CLI offers exactly robustreg.certify's levels (it lists them without importing it)
+    assert main([*args, "--level", "holm"]) == 2
+    offered = ", ".join(repr(level) for level in TCERTIFY_LEVELS)
+    assert f"(choose from {offered})" in capsys.readouterr().err

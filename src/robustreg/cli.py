@@ -176,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="alpha' as fractions of alpha",
     )
+    p.add_argument(
+        "--level",
+        choices=("paper", "bonferroni"),  # robustreg.certify.TCERTIFY_LEVELS, without its import
+        default="paper",
+        help="paper: Algorithm 2 as printed (the best radius over the grid is not covered at "
+        "level alpha); bonferroni: alpha split over the grid, sound at level alpha",
+    )
     p.add_argument("--out", required=True, type=Path, help="per-image log (certify.tsv format)")
 
     p = sub.add_parser("attack", help="attack a model on a test split, one outcome per image")
@@ -665,7 +672,12 @@ def _tcertify(args) -> int:
     stored = _stored_counts(args.counts)
     grid = tuple(args.grid) if args.grid else TCERTIFY_GRID
     prediction, radius, _ = t_certify(
-        stored["counts0"], stored["counts"], float(stored["sigma"]), args.alpha, grid=grid
+        stored["counts0"],
+        stored["counts"],
+        float(stored["sigma"]),
+        args.alpha,
+        grid=grid,
+        level=args.level,
     )
     # The time column is the sampling time of each image, shared with its CERTIFY log.
     write_certify_log(
