@@ -311,3 +311,38 @@ def test_l1_penalty_captions_state_the_authors_scale():
     for name in ("table1_gradreg", "tableB4_gradreg"):
         caption = " ".join(load_spec(name).caption.split())
         assert "‖g‖₁²/N" in caption and "3,072 times weaker than Eq. 8" in caption, name
+
+
+def test_a_bound_certifying_past_an_attacks_point_is_noted(tmp_path):
+    # Proposition 2.2's bounds are estimates: on images an attack broke closer than the bound
+    # certifies, the table says so (5 of the 10 attacked images here)
+    from robustreg.bounds import bound_summary, write_bounds
+    from robustreg.tables.render import render_table
+
+    rng = np.random.default_rng(0)
+    per_image = {
+        "idx": np.arange(100),
+        "label": np.zeros(100, dtype=np.int64),
+        "correct": np.ones(100, dtype=np.int64),
+        "loss": np.full(100, -1.0),  # gap 1 and gradient norms near 1: L-bound near 1
+        "grad_norm": rng.uniform(0.9, 1.1, size=100),
+        "modulus": rng.gumbel(0.01, 0.001, size=(100, 2)),
+        "seconds": np.zeros(100),
+    }
+    eps = [0.5, 1.0]
+    summary = bound_summary(per_image, eps=eps, block=10) | {"norm": "l2", "eps": eps}
+    write_bounds(tmp_path / "bounds", per_image, summary)
+    # images 0-4 broken at l2 0.05, far inside the bound; 5-9 at 5.0, beyond it
+    pgd = _write_outcomes(
+        tmp_path / "pgd" / "outcomes.tsv", [(0, 0.05, 0.01)] * 5 + [(0, 5.0, 1.0)] * 5
+    )
+    files = {"lbound": str(tmp_path / "bounds" / "bounds.json"), "empirical": [str(pgd)]}
+    cells = tmp_path / "t2.cells.yaml"
+    entry = {"row": "at2", "dataset": "CIFAR-10", "files": files}
+    cells.write_text(yaml.safe_dump({"table": "table2_gradreg", "cells": [entry]}))
+    render_table(cells, tmp_path / "t2.md", tmp_path / "t2.tex")
+    md = (tmp_path / "t2.md").read_text()
+    assert (
+        "ℓ∞ 7-step AT, ε = 2/255: the L-bound (l2) certifies a larger distance than an attack "
+        "found on 5 of 10 images, a visible violation: the bounds are estimates, not guarantees."
+    ) in md
