@@ -20,6 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
+from robustreg.attacks.settings import is_int
 from robustreg.attacks.threat import NORMS
 
 
@@ -27,10 +28,6 @@ def require(condition: bool, field: str, message: str) -> None:
     """Raise a ValueError naming the offending hyperparameter when ``condition`` fails."""
     if not condition:
         raise ValueError(f"{field}: {message}")
-
-
-def is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def is_real(value: object) -> bool:
