@@ -10,6 +10,7 @@ import torch
 from conftest import same_weights, train_killed_then_resumed
 from torch import nn
 
+from robustreg.architectures import BATCH_STATISTICS
 from robustreg.data import prepare_cifar10
 from robustreg.models import Normalize, architectures, create_model
 from robustreg.models.cifar_resnet import CifarResNet
@@ -262,3 +263,13 @@ def test_atent_networks_reject_bad_depths():
 
     with pytest.raises(ValueError, match=r"6n \+ 4"):
         WideResNet(30, 10)
+
+
+def test_every_architecture_declares_whether_it_trains_with_batch_statistics():
+    """Planning reads ``robustreg.architectures`` without building a model (issue 20's
+    two-pass Stability training changes only the ids of BatchNorm architectures)."""
+    assert sorted(BATCH_STATISTICS) == architectures()
+    for arch, declared in BATCH_STATISTICS.items():
+        model = create_model(arch, 10)
+        found = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        assert found == declared, arch

@@ -35,6 +35,7 @@ from robustreg.objectives.base import Objective, implementation
 from robustreg.objectives.consistency import Consistency, consistency_regularizer
 from robustreg.objectives.gaussian import Gaussian
 from robustreg.objectives.macer import Macer, macer_robustness
+from robustreg.objectives.settings import epochs_in
 from robustreg.objectives.smoothadv import SmoothAdv
 from robustreg.objectives.smoothadv_consistency import SmoothAdvConsistency
 from robustreg.objectives.stability import Stability
@@ -197,12 +198,28 @@ def test_gaussian_noise_is_one_global_rng_draw_per_example():
 # --------------------------------------------------------------------------- stability
 
 
+class PerPass(nn.Module):
+    """Returns its k-th logits parameter at its k-th call (one row per input row), recording
+    each input: a loss computed by hand from chosen logits, pass by pass."""
+
+    def __init__(self, *logits: np.ndarray):
+        super().__init__()
+        self.logits = nn.ParameterList(torch.tensor(z, dtype=torch.float32) for z in logits)
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.logits[len(self.inputs)]
+        assert x.shape[0] == logits.shape[0], (x.shape, logits.shape)
+        self.inputs.append(x.detach().clone())
+        return logits
+
+
 def test_stability_value_and_undetached_target():
     b, c = 3, 4
     clean = np.array([[2.0, 0.0, 1.0, -1.0], [0.5, 0.5, 0.0, 0.0], [-1.0, 3.0, 0.0, 1.0]])
     noisy = np.array([[1.0, 1.0, 0.0, 0.0], [2.0, -2.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
     y = np.array([0, 2, 1])
-    model = FixedLogits(np.concatenate([clean, noisy]).astype(np.float32))
+    model = PerPass(clean, noisy)
     x, _ = batch(b)
     loss, logs = Stability(sigma=0.5, lbd=2.0)(model, x, torch.tensor(y), CTX)
     xent = np_xent(clean, y).mean()
@@ -211,9 +228,10 @@ def test_stability_value_and_undetached_target():
     assert logs["xent"] == pytest.approx(xent, rel=1e-6)
     assert logs["reg"] == pytest.approx(stab, rel=1e-6)
     assert logs["acc"] == pytest.approx(np.mean(noisy.argmax(-1) == y))  # on the noisy copy
-    # clean copy first, unperturbed; noisy copy second
-    assert torch.equal(model.inputs[0][:b], x)
-    assert not torch.allclose(model.inputs[0][b:], x)
+    # two passes: the clean input first, unperturbed; the noisy one second
+    assert len(model.inputs) == 2
+    assert torch.equal(model.inputs[0], x)
+    assert not torch.allclose(model.inputs[1], x)
     # the clean softmax is a live target: its gradient carries the stability term too.
     loss.backward()
     t = torch.tensor(clean, dtype=torch.float64, requires_grad=True)
@@ -223,9 +241,32 @@ def test_stability_value_and_undetached_target():
         - 2.0 * (torch.softmax(t, -1) * torch.log_softmax(n, -1)).sum(-1).mean()
     )
     ref.backward()
-    assert np.allclose(model.logits.grad[:b].numpy(), t.grad.numpy(), atol=1e-6)
+    assert np.allclose(model.logits[0].grad.numpy(), t.grad.numpy(), atol=1e-6)
     detached_grad = torch.softmax(t.detach(), -1) - nn.functional.one_hot(torch.tensor(y), c)
     assert not np.allclose(t.grad.numpy(), detached_grad.numpy() / b, atol=1e-3)
+
+
+def test_stability_normalizes_clean_and_noisy_inputs_apart_in_a_batchnorm_model():
+    """Issue 20: the authors' train_stab.py runs clean and noisy inputs in two passes, so
+    BatchNorm normalizes each with its own statistics; one joint batch gives another loss."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10)
+    )
+    x, y = torch.rand(8, 1, 28, 28), torch.arange(8)
+    torch.manual_seed(1)
+    loss, _ = Stability(sigma=1.0, lbd=2.0)(model, x, y, CTX)
+    torch.manual_seed(1)
+    noisy_input = x + torch.randn_like(x)
+
+    def stability(clean: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
+        stab = -(torch.softmax(clean, -1) * torch.log_softmax(noisy, -1)).sum(-1).mean()
+        return nn.functional.cross_entropy(clean, y) + 2.0 * stab
+
+    apart = stability(model(x), model(noisy_input))
+    joint = stability(*model(torch.cat([x, noisy_input])).split(8))
+    assert loss.item() == pytest.approx(apart.item(), rel=1e-5)
+    assert abs(loss.item() - joint.item()) > 1e-3
 
 
 # --------------------------------------------------------------------------- macer
@@ -614,3 +655,22 @@ def test_every_method_under_bfloat16_autocast(method):
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert all(math.isfinite(v) for v in logs.values())
     loss.backward()
+
+
+@pytest.mark.parametrize(
+    ("value", "epochs", "expected"),
+    [
+        (7, 90, 7),
+        ("first_lr_drop", 90, 30),
+        ("10/90", 90, 10),
+        ("10/150", 150, 10),
+        ("10/90", 4, 1),
+        ("10/90", 45, 5),
+        # half an epoch rounds up
+        ("1/2", 9, 5),
+        ("0/90", 4, 0),
+    ],
+)
+def test_epochs_tied_to_the_schedule(value, epochs, expected):
+    schedule = {"epochs": epochs, "lr_milestones": [60, 30]}
+    assert epochs_in(value, schedule, "warmup_epochs") == expected

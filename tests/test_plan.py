@@ -65,6 +65,94 @@ def test_paper_hyperparameters_resolved_per_sigma():
     assert (schedule["lr"], schedule["epochs"], schedule["lr_milestones"]) == (0.01, 90, [30, 60])
 
 
+def test_quick_scale_ties_macer_start_and_eps_warmup_to_its_schedule():
+    """Issue 20: at quick scale (4 epochs, the lr drop at 3) MACER's term starts with the
+    first lr drop and SmoothAdv's eps warm-up takes 10/90 of the epochs, so both act; at
+    paper scale the same config plans the paper's 30 and 10 (ids unchanged)."""
+    for overlays, deferred, warmup in (((), 30, 10), ((_quick(),), 3, 1)):
+        plan = make_plan(merged(*overlays))
+        by_key = {
+            (row, sigma): plan.experiments[exp]["params"]
+            for (row, sigma), (exp,) in cell_experiments(plan, "table2_mnist").items()
+        }
+        assert by_key["macer", 0.5]["deferred_epochs"] == deferred
+        assert by_key["smoothadv", 0.5]["warmup_epochs"] == warmup
+        assert by_key["smoothadv_consistency", 1.0]["warmup_epochs"] == warmup
+        table1 = plan.tables["table1_smoothadv"].cells[0].settings
+        assert table1["warmup_epochs"] == (10 if not overlays else 1)
+
+
+def test_stability_ids_change_only_where_batchnorm_changed_what_it_computes():
+    """Issue 20: Stability now runs clean and noisy inputs in two passes. On the MNIST LeNet
+    (no batch statistics) that computes what one joint batch did, and the ids stay; on Table
+    7's ResNet-110 it does not, and those experiments carry the method's revision."""
+    plan = make_plan(merged())
+    for table, arch, revision in (
+        ("table2_mnist", "lenet_mnist", None),
+        ("table7_cifar10", "cifar_resnet110", 2),
+    ):
+        stability = [
+            plan.experiments[e]
+            for c in plan.tables[table].cells
+            if c.row.startswith("stability")
+            for e in c.experiments
+        ]
+        assert stability and all(exp["arch"] == arch for exp in stability)
+        assert {exp.get("revision") for exp in stability} == {revision}
+    gaussian = cell_experiments(plan, "table7_cifar10")["gaussian", 0.25]
+    assert "revision" not in plan.experiments[gaussian[0]]
+    # the id before the change
+    assert "mnist-lenet_mnist-stability-s0.25-bba5de95f1" in table2_experiments(plan)
+
+
+def _quick() -> dict:
+    return yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    ("params", "schedule", "message"),
+    [
+        (
+            {"macer": {"deferred_epochs": 4}},
+            {},
+            "tables.table2_mnist.rows.macer.params: deferred_epochs: MACER's robustness term "
+            "would start at epoch 4 (from 0) of a 4-epoch schedule, so never",
+        ),
+        (
+            {"macer": {"deferred_epochs": "first_lr_drop"}},
+            {"lr_milestones": [4]},
+            "would start at epoch 4 (from 0) of a 4-epoch schedule, so never",
+        ),
+        (
+            {"smoothadv": {"warmup_epochs": 5}},
+            {},
+            "tables.table2_mnist.rows.smoothadv.params: warmup_epochs: eps would still be warming "
+            "up after the last of 4 epochs (5 warm-up epochs), so it is never reached",
+        ),
+        (
+            {"smoothadv_consistency": {"warmup_epochs": "ten"}},
+            {},
+            "rows.smoothadv_consistency.params: warmup_epochs: need an integer >= 0, "
+            "'first_lr_drop' or a fraction 'a/b' of the epochs, got 'ten'",
+        ),
+        (
+            {"macer": {"deferred_epochs": "first_lr_drop"}},
+            {"lr_milestones": []},
+            "rows.macer.params: deferred_epochs: first_lr_drop: the schedule has no lr_milestones",
+        ),
+    ],
+)
+def test_a_method_whose_defining_term_never_acts_is_refused_when_planning(
+    params, schedule, message
+):
+    rows = {row: {"params": value} for row, value in params.items()}
+    overlay = {"tables": {"table2_mnist": {"rows": rows}}, "schedules": {"mnist": schedule}}
+    with pytest.raises(ConfigError) as err:
+        make_plan(merged(_quick(), overlay))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
 def table2_experiments(plan) -> set[str]:
     return {e for c in plan.tables["table2_mnist"].cells for e in c.experiments}
 
@@ -575,7 +663,9 @@ def test_ids_of_valid_configs_are_unchanged():
         "bounds.json",
     )
     quick = make_plan(merged(yaml.safe_load((REPO / "config" / "quick.yaml").read_text())))
-    assert "cifar10-cifar_resnet110-adre_adv-s0.25-1003bafeea" in quick.experiments
+    # moved once on purpose (was ...-1003bafeea): the eps warm-up became a share of the
+    # schedule (10/150), one epoch of the quick scale's 2 instead of a never-ended 10
+    assert "cifar10-cifar_resnet110-adre_adv-s0.25-d44db1a7bb" in quick.experiments
 
 
 def test_planning_a_config_with_attack_and_bounds_tables_imports_no_torch():

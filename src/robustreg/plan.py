@@ -31,11 +31,12 @@ from pathlib import Path
 
 import yaml
 
+from robustreg.architectures import has_batch_statistics
 from robustreg.attacks.registry import REGISTRY, resolve_attack
 from robustreg.bound_settings import check_blocks, resolve_bound_settings
 from robustreg.certify import max_certified_radius
 from robustreg.io import write_text_atomic
-from robustreg.objectives import describe, resolve_params, uses_sigma
+from robustreg.objectives import batch_statistics_revision, describe, for_schedule, uses_sigma
 from robustreg.schedule import check_schedule
 from robustreg.tables.spec import (
     ATTACKS,
@@ -621,8 +622,11 @@ def _settings_table(config: dict, plan: Plan, table_name: str, table: dict) -> T
         merged = {k: row.get(k, table[k]) for k in ("dataset", "arch", "schedule")}
         for sigma in sigmas:
             row_where = f"{where}.rows.{row_key}"
-            params = _params(row, sigma)
+            schedule = _schedule(
+                config, merged["schedule"], _where(row, row_where, where, "schedule")
+            )
             try:
+                params = for_schedule(row["method"], _params(row, sigma), sigma, schedule)
                 settings = describe(row["method"], params)
             except ValueError as err:
                 raise ConfigError(f"{row_where}.params: {err}") from None
@@ -633,8 +637,6 @@ def _settings_table(config: dict, plan: Plan, table_name: str, table: dict) -> T
                         config, plan, merged, row, sigma, row.get("seed", config["seed"]), row_where
                     ),
                 )
-            else:
-                _lookup(config, "schedules", merged["schedule"], row_where + ".schedule")
             tplan.cells.append(Cell(row_key, sigma, experiments, settings=settings))
     return tplan
 
@@ -707,7 +709,6 @@ def _add_experiment(config, plan, table, row, sigma, seed, where) -> str:
     ds_id = dataset_id(name, data_cfg)
     plan.datasets[ds_id] = {"name": name} | data_cfg
     try:
-        params = resolve_params(row["method"], _params(row, sigma))
         noisy = uses_sigma(row["method"])
     except ValueError as err:
         raise ConfigError(f"{where}.params: {err}") from None
@@ -718,6 +719,11 @@ def _add_experiment(config, plan, table, row, sigma, seed, where) -> str:
         )
     if not noisy:
         sigma = None
+    schedule = _schedule(config, table["schedule"], where + ".schedule")
+    try:
+        params = for_schedule(row["method"], _params(row, sigma), sigma, schedule)
+    except ValueError as err:
+        raise ConfigError(f"{where}.params: {err}") from None
     exp = {
         "data": {
             "dataset": ds_id,
@@ -729,9 +735,13 @@ def _add_experiment(config, plan, table, row, sigma, seed, where) -> str:
         "method": row["method"],
         "params": params,
         "sigma": sigma,
-        "schedule": _schedule(config, table["schedule"], where + ".schedule"),
+        "schedule": schedule,
         "seed": seed,
     }
+    # the training ignores it; the id changes where the method's computation did
+    revision = batch_statistics_revision(row["method"])
+    if revision > 1 and has_batch_statistics(table["arch"]):
+        exp["revision"] = revision
     noise = f"-s{sigma:.2f}" if sigma is not None else ""
     exp_id = f"{name}-{exp['arch']}-{exp['method']}{noise}-{digest(exp)}"
     plan.experiments[exp_id] = exp

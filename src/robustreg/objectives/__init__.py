@@ -7,7 +7,9 @@ Planning needs the declarations only, which import no torch; the training loop's
 
 from robustreg.objectives.settings import (
     REGISTRY,
+    batch_statistics_revision,
     describe,
+    for_schedule,
     keeps_state,
     parameter_names,
     resolve_params,
@@ -31,8 +33,10 @@ __all__ = [
     "REGISTRY",
     "Objective",
     "StepContext",
+    "batch_statistics_revision",
     "build_objective",
     "describe",
+    "for_schedule",
     "keeps_state",
     "parameter_names",
     "resolve_params",

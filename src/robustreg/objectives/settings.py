@@ -17,6 +17,8 @@ declare it here, implement it in a module of its own.
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -52,7 +54,17 @@ class MethodSettings:
     uses_sigma: ClassVar[bool] = True
     # Whether the method keeps tensors across steps (``base.StepContext.state``).
     keeps_state: ClassVar[bool] = False
+    # Raised each time the method's computation changed for architectures that train with
+    # batch statistics alone (``robustreg.architectures``): their jobs' ids change with it.
+    batch_statistics_revision: ClassVar[int] = 1
+    # Epoch counts a config may tie to the experiment's schedule (``epochs_in``).
+    schedule_fields: ClassVar[tuple[str, ...]] = ()
     sigma: float | None
+
+    def schedule_problem(self, epochs: int) -> str | None:
+        """Why the method's defining term could never act in a training of ``epochs`` epochs,
+        as ``"field: reason"``, or None."""
+        return None
 
 
 REGISTRY: dict[str, type[MethodSettings]] = {}
@@ -98,9 +110,58 @@ def resolve_params(method: str, params: dict) -> dict:
     return resolved
 
 
+FIRST_LR_DROP = "first_lr_drop"
+
+
+def epochs_in(value: object, schedule: Mapping, field: str) -> object:
+    """An epoch count tied to ``schedule``, as a number (other values are returned as given,
+    for the declaration to refuse).
+
+    ``"first_lr_drop"`` is the schedule's first learning-rate milestone; ``"a/b"`` is the
+    fraction a/b of its epochs, rounded half up and at least 1 when a > 0, written as the
+    paper's count over its schedule's epochs (``"10/90"``: 10 of 90 epochs), so that the paper
+    scale plans the paper's number and a shorter schedule keeps the proportion.
+    """
+    if value == FIRST_LR_DROP:
+        milestones = schedule.get("lr_milestones") or []
+        require(bool(milestones), field, f"{FIRST_LR_DROP}: the schedule has no lr_milestones")
+        return min(milestones)
+    if not isinstance(value, str):
+        return value
+    numerator, _, denominator = value.partition("/")
+    require(
+        numerator.strip().isdigit() and denominator.strip().isdigit() and int(denominator) > 0,
+        field,
+        f"need an integer >= 0, {FIRST_LR_DROP!r} or a fraction 'a/b' of the epochs, got {value!r}",
+    )
+    share = int(numerator) * schedule["epochs"] / int(denominator)
+    return max(math.floor(share + 0.5), 1 if int(numerator) > 0 else 0)
+
+
+def for_schedule(method: str, params: dict, sigma: float | None, schedule: Mapping) -> dict:
+    """``params`` completed (``resolve_params``), every epoch count the method ties to its
+    schedule turned into a number (``epochs_in``), and checked against ``schedule``: a
+    one-line ValueError names the hyperparameter that is out of range, or whose value means
+    that the method's defining term would never act (issue 20: MACER starting after the last
+    epoch, SmoothAdv's eps never reached)."""
+    cls = declaration(method)
+    resolved = resolve_params(method, params)
+    for field in cls.schedule_fields:
+        resolved[field] = epochs_in(resolved[field], schedule, field)
+    problem = cls(sigma=sigma, **resolved).schedule_problem(schedule["epochs"])
+    if problem:
+        raise ValueError(problem)
+    return resolved
+
+
 def describe(method: str, params: dict) -> dict:
     """What a settings table shows for ``method``: its name, fixed traits, resolved params."""
     return {"method": method, **declaration(method).traits, **resolve_params(method, params)}
+
+
+def batch_statistics_revision(method: str) -> int:
+    """``MethodSettings.batch_statistics_revision`` of ``method``."""
+    return declaration(method).batch_statistics_revision
 
 
 def uses_sigma(method: str) -> bool:
@@ -148,6 +209,17 @@ def validate_attack(norm: object, eps: object, steps: object, step_size: object)
     )
 
 
+def warmup_problem(warmup_epochs: int, epochs: int) -> str | None:
+    """The attack radius warms up over ``warmup_epochs`` (SmoothAdv's and ADRE_ADV's
+    ``eps_at``): it must reach eps within the ``epochs`` of training."""
+    if warmup_epochs > epochs:
+        return (
+            f"warmup_epochs: eps would still be warming up after the last of {epochs} epochs "
+            f"({warmup_epochs} warm-up epochs), so it is never reached"
+        )
+    return None
+
+
 def _validate_adre(k: object, lbd: float, label_smoothing: float) -> None:
     require(is_int(k) and k >= 1, "k", f"need an integer >= 1, got {k!r}")
     require(lbd >= 0, "lbd", f"need lbd >= 0, got {lbd!r}")
@@ -192,6 +264,8 @@ class StabilitySettings(MethodSettings):
 
     name: ClassVar[str] = "stability"
     implemented_by: ClassVar[str] = "robustreg.objectives.stability.Stability"
+    # 2: clean and noisy inputs in two passes, not one joint batch (issue 20)
+    batch_statistics_revision: ClassVar[int] = 2
     lbd: float = 2.0
 
 
@@ -226,8 +300,10 @@ class MacerSettings(MethodSettings):
     ``m`` the noise copies of F_hat; ``lbd`` (lambda) the weight of the robustness term;
     ``gamma`` the hinge's margin, in units of xi = Phi^-1(p1) - Phi^-1(p2); ``beta`` the
     inverse temperature of the robustness term's softmax; ``deferred_epochs`` the epochs
-    (from 0) before the robustness term starts (lbd is 0 while ``epoch < deferred_epochs``).
-    Defaults m = 16, lbd = 16, gamma = 8, beta = 16 are supp. B's (lbd = 6 at sigma = 1).
+    (from 0) before the robustness term starts (lbd is 0 while ``epoch < deferred_epochs``),
+    which a config may tie to the schedule as ``first_lr_drop`` (``epochs_in``): the authors'
+    ``--deferred``. Defaults m = 16, lbd = 16, gamma = 8, beta = 16 are supp. B's (lbd = 6 at
+    sigma = 1).
     """
 
     name: ClassVar[str] = "macer"
@@ -237,6 +313,15 @@ class MacerSettings(MethodSettings):
     gamma: float = 8.0
     beta: float = 16.0
     deferred_epochs: int = 0
+    schedule_fields: ClassVar[tuple[str, ...]] = ("deferred_epochs",)
+
+    def schedule_problem(self, epochs: int) -> str | None:
+        if self.lbd > 0 and self.deferred_epochs >= epochs:
+            return (
+                f"deferred_epochs: MACER's robustness term would start at epoch "
+                f"{self.deferred_epochs} (from 0) of a {epochs}-epoch schedule, so never"
+            )
+        return None
 
     def __post_init__(self) -> None:
         require(is_int(self.m) and self.m >= 1, "m", f"need an integer >= 1, got {self.m!r}")
@@ -257,8 +342,9 @@ class SmoothAdvSettings(MethodSettings):
 
     ``m`` the noise draws delta_1..delta_m of Eq. (4), also the chunks each loaded batch is
     cut into; ``eps`` the l2 radius of the attack after the warm-up; ``steps`` its PGD steps;
-    ``warmup_epochs`` the epochs of the linear eps warm-up (0: none). Defaults are the MNIST
-    setting of supp. B (eps = 1.0, m = 4, 10 steps, 10 warm-up epochs, supp. A.1).
+    ``warmup_epochs`` the epochs of the linear eps warm-up (0: none), which a config may give
+    as a fraction of the schedule's epochs (``epochs_in``). Defaults are the MNIST setting of
+    supp. B (eps = 1.0, m = 4, 10 steps, 10 warm-up epochs, supp. A.1).
     """
 
     name: ClassVar[str] = "smoothadv"
@@ -269,6 +355,10 @@ class SmoothAdvSettings(MethodSettings):
     eps: float = 1.0
     steps: int = 10
     warmup_epochs: int = 10
+    schedule_fields: ClassVar[tuple[str, ...]] = ("warmup_epochs",)
+
+    def schedule_problem(self, epochs: int) -> str | None:
+        return warmup_problem(self.warmup_epochs, epochs)
 
     def __post_init__(self) -> None:
         require(is_int(self.m) and self.m >= 1, "m", f"need an integer >= 1, got {self.m!r}")
@@ -354,6 +444,10 @@ class AdreAdvSettings(MethodSettings):
     warmup_epochs: int = 10
     lbd: float
     label_smoothing: float = 0.0
+    schedule_fields: ClassVar[tuple[str, ...]] = ("warmup_epochs",)
+
+    def schedule_problem(self, epochs: int) -> str | None:
+        return warmup_problem(self.warmup_epochs, epochs)
 
     def __post_init__(self) -> None:
         _validate_adre(self.k, self.lbd, self.label_smoothing)
