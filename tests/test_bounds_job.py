@@ -30,10 +30,13 @@ from robustreg.bounds import (
     bound_statistics,
     bound_summary,
     fit_gev,
+    fit_warnings,
     gev_quantile,
+    gev_shapes,
     gradient_dual_norms,
     l_bound,
     omega_bound_distance,
+    omega_envelope,
     read_bounds,
     resolve_bound_settings,
     write_bounds,
@@ -237,6 +240,10 @@ def _corrupt(tmp_path: Path, how: str) -> None:
     elif how == "format":
         summary = json.loads(doc.read_text())
         doc.write_text(json.dumps(summary | {"format": "other"}))
+    elif how == "gev":
+        summary = json.loads(doc.read_text())
+        summary["gev"]["omega"][1].pop("c")
+        doc.write_text(json.dumps(summary))
     elif how == "column":
         frame = pd.read_csv(tsv, sep="\t", dtype=str).drop(columns="modulus_1")
         frame.to_csv(tsv, sep="\t", index=False)
@@ -252,6 +259,7 @@ def _corrupt(tmp_path: Path, how: str) -> None:
         ("no-json", "bounds.json", "not a readable bounds summary"),
         ("omega", "bounds.json", "omega must hold one number per eps"),
         ("format", "bounds.json", "not a bounds summary"),
+        ("gev", "bounds.json", "gev must hold the fits of lipschitz and of each omega"),
         ("column", "bounds.tsv", "columns must be"),
         ("rows", "bounds.tsv", "199 rows, but bounds.json counts 200 images"),
         ("number", "bounds.tsv", "column 'loss' holds a value that is not a number"),
@@ -450,3 +458,36 @@ def test_attack_progress_identity_holds_the_sample(tmp_path, capsys):
     )
     summary = json.loads((out / "attack.json").read_text())
     assert (summary["sample"], summary["sample_seed"], summary["images"]) == (6, 1, 6)
+
+
+def test_the_omega_bound_uses_omega_made_nondecreasing_in_eps():
+    """Issue 20: omega(eps) is a supremum over the eps-ball, so a larger eps cannot have a
+    smaller one; the separate estimates can (0.6 at eps 0.5, 0.1 at eps 1). Image 0 (gap 1,
+    gradient norm 0.5) would be certified at eps 1 with the raw 0.1 (0.9 >= 0.5); with the
+    envelope's 0.6 only at eps 0.5 (0.4 >= 0.25, 0.4 < 0.5)."""
+    frame = pd.DataFrame({"loss": [-1.0], "grad_norm": [0.5]})
+    summary = {"lipschitz": 2.0, "omega": [0.6, 0.1], "eps": [0.5, 1.0]}
+    np.testing.assert_array_equal(bound_distances(frame, summary, "omega"), [0.5])
+    np.testing.assert_array_equal(omega_envelope([0.1, 0.05, 0.2, 0.15]), [0.1, 0.1, 0.2, 0.2])
+    with pytest.raises(ValueError, match="omegas"):
+        omega_envelope([])
+
+
+def test_fit_warnings_flag_heavy_tails_and_raised_omegas():
+    fit = {"loc": 0.0, "scale": 1.0}
+    summary = {
+        "eps": [0.5, 1.0],
+        "omega": [0.6, 0.1],
+        "gev": {"lipschitz": fit | {"c": -0.25}, "omega": [fit | {"c": 0.1}, fit | {"c": -0.5}]},
+    }
+    assert gev_shapes(summary) == [("L", 0.25), ("ω at ε = 0.5", -0.1), ("ω at ε = 1", 0.5)]
+    assert fit_warnings(summary) == [
+        "the GEV fit of L is heavy-tailed (shape ξ = 0.25 > 0)",
+        "the GEV fit of ω at ε = 1 is heavy-tailed (shape ξ = 0.50 > 0)",
+        "ω at ε = 1 is raised from 0.1 to 0.6, its estimate at a smaller ε (ω cannot decrease "
+        "with ε)",
+    ]
+    summary["gev"]["lipschitz"]["c"] = 0.2
+    summary["gev"]["omega"][1]["c"] = 0.0
+    summary["omega"] = [0.1, 0.6]
+    assert fit_warnings(summary) == []

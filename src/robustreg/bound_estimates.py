@@ -36,11 +36,14 @@ __all__ = [
     "bound_error",
     "bound_summary",
     "fit_gev",
+    "fit_warnings",
     "gev_quantile",
+    "gev_shapes",
     "l_bound",
     "modulus_column",
     "omega_bound_distance",
     "omega_bound_holds",
+    "omega_envelope",
     "read_bounds",
     "write_bounds",
 ]
@@ -230,6 +233,22 @@ def omega_bound_distance(
     return distance
 
 
+def omega_envelope(omegas: ArrayLike) -> np.ndarray:
+    """The estimates of omega on an increasing eps grid made nondecreasing:
+
+        envelope_j = max_{k <= j} omega_k.
+
+    omega(eps) is a supremum over the eps-ball (Eq. 5), so it cannot decrease as eps grows;
+    estimates at the grid points, each from its own GEV fit of a few random draws, can. The
+    envelope is the smallest nondecreasing sequence above them, and it is what the tables use
+    (issue 20): a larger ball is never credited with a smaller modulus than a smaller one.
+    """
+    array = np.asarray(omegas, dtype=np.float64)
+    if array.ndim != 1 or array.size == 0 or not np.all(np.isfinite(array)):
+        raise ValueError(f"omegas must be 1-D, non-empty and finite, got {array}")
+    return np.maximum.accumulate(array)
+
+
 def bound_error(distance: ArrayLike, eps: ArrayLike) -> np.ndarray:
     """Fraction of images whose certified distance is below each eps, [len(eps)]:
 
@@ -324,6 +343,41 @@ def bound_summary(per_image: Mapping, *, eps: Sequence[float], block: int, seed:
     }
 
 
+def gev_shapes(summary: Mapping) -> list[tuple[str, float]]:
+    """Each GEV fit of ``summary`` (``bound_summary``) by what it estimates, with its shape in
+    the usual sign, xi = -c of scipy's genextreme: xi > 0 is a heavy tail."""
+    fits = summary["gev"]
+    return [("L", -fits["lipschitz"]["c"])] + [
+        (f"ω at ε = {eps:g}", -fit["c"])
+        for eps, fit in zip(summary["eps"], fits["omega"], strict=True)
+    ]
+
+
+def fit_warnings(summary: Mapping) -> list[str]:
+    """What a reader of the estimates in ``summary`` (``bound_summary``) should be told, as
+    phrases: each GEV fit with a heavy tail, and each omega(eps) that ``omega_envelope``
+    raised.
+
+    A fit is heavy-tailed when its shape xi > 0 (``gev_shapes``): the distribution has no
+    upper end, and its 1 - p quantile, our L or omega, rests on the extrapolated tail, so it
+    moves far with a few block maxima (Weng et al.'s CLEVER fits a reverse Weibull, xi < 0,
+    for this reason). The paper reports no shapes.
+    """
+    phrases = [
+        f"the GEV fit of {name} is heavy-tailed (shape ξ = {xi:.2f} > 0)"
+        for name, xi in gev_shapes(summary)
+        if xi > 0
+    ]
+    envelope = omega_envelope(summary["omega"])
+    for eps, omega, raised in zip(summary["eps"], summary["omega"], envelope, strict=True):
+        if raised > omega:
+            phrases.append(
+                f"ω at ε = {eps:g} is raised from {omega:.3g} to {raised:.3g}, its estimate at a "
+                "smaller ε (ω cannot decrease with ε)"
+            )
+    return phrases
+
+
 def write_bounds(
     directory: str | os.PathLike, per_image: Mapping[str, np.ndarray], summary: Mapping
 ) -> None:
@@ -349,6 +403,10 @@ def write_bounds(
     write_text_atomic(folder / "bounds.json", json.dumps(document, indent=2, sort_keys=True))
 
 
+def _is_fit(fit: object) -> bool:
+    return isinstance(fit, dict) and all(is_number(fit.get(key)) for key in ("c", "loc", "scale"))
+
+
 def _read_summary(path: Path) -> dict:
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
@@ -369,6 +427,18 @@ def _read_summary(path: Path) -> dict:
         raise ValueError(f"{path}: omega must be a list of numbers")
     if len(omega) != len(summary["eps"]):
         raise ValueError(f"{path}: omega must hold one number per eps ({len(summary['eps'])})")
+    gev = summary.get("gev")
+    if not (
+        isinstance(gev, dict)
+        and _is_fit(gev.get("lipschitz"))
+        and isinstance(gev.get("omega"), list)
+        and len(gev["omega"]) == len(omega)
+        and all(_is_fit(fit) for fit in gev["omega"])
+    ):
+        raise ValueError(
+            f"{path}: gev must hold the fits of lipschitz and of each omega, each with numbers "
+            "c, loc and scale"
+        )
     if not (is_number(summary.get("lipschitz")) and summary["lipschitz"] > 0):
         raise ValueError(f"{path}: lipschitz must be a number > 0")
     if not (is_int(summary.get("images")) and summary["images"] >= 1):
@@ -423,8 +493,8 @@ def bound_distances(frame: pd.DataFrame, summary: Mapping, which: str) -> np.nda
     """Per-image certified distances [N] from ``read_bounds``' frame and summary:
 
         "l":     ``l_bound(loss, L)``                                   (L-bound, Table 2),
-        "omega": ``omega_bound_distance(loss, grad_norm, omega, eps)``  (omega-bound, floored
-                 to the eps grid; Tables 1, 2 and B.6),
+        "omega": ``omega_bound_distance(loss, grad_norm, omega_envelope(omega), eps)``
+                 (omega-bound, floored to the eps grid; Tables 1, 2 and B.6),
 
     0 for misclassified images (loss >= 0) either way. ``bound_error`` of these gives the
     "bound % error at eps" columns, their mean Table 2's "mean adversarial distance".
@@ -435,7 +505,7 @@ def bound_distances(frame: pd.DataFrame, summary: Mapping, which: str) -> np.nda
         return omega_bound_distance(
             frame["loss"].to_numpy(),
             frame["grad_norm"].to_numpy(),
-            summary["omega"],
+            omega_envelope(summary["omega"]),
             summary["eps"],
         )
     raise ValueError(f"which: {which!r} is not one of l, omega")

@@ -801,6 +801,7 @@ def _bounds(args) -> int:
         bound_statistics,
         bound_summary,
         check_blocks,
+        gev_shapes,
         resolve_bound_settings,
         write_bounds,
     )
@@ -845,6 +846,8 @@ def _bounds(args) -> int:
         "torch": torch.__version__,
     }
     write_bounds(args.out_dir, per_image, summary)
+    for name, xi in gev_shapes(summary):
+        print(f"GEV fit of {name}: shape ξ = {xi:.3f}" + (" (heavy tail)" if xi > 0 else ""))
     return 0
 
 

@@ -12,7 +12,8 @@ A robustness cell reads, per column, the files its metric needs (the cells file'
   table's notes say how many).
 - ``bound_error``, ``bound_distance``, ``gradient_norm`` and ``modulus``: the ``bounds.json`` of
   a bounds job (``robustreg.bounds``; read by ``robustreg.bound_estimates``): per-image loss
-  gap and gradient dual norm, L and omega(eps) estimated by GEV fits (Proposition 2.2).
+  gap and gradient dual norm, L and omega(eps) estimated by GEV fits (Proposition 2.2),
+  omega made nondecreasing in eps (``omega_envelope``).
 - ``training_hours``: the ``model.pt`` of the row's training, which records the wall time of
   its training job and the device it ran on (``robustreg.train.training_record``).
 
@@ -135,14 +136,14 @@ class Reader:
 
     @staticmethod
     def _bound_value(column: ColumnSpec, frame: pd.DataFrame, summary: dict) -> float:
-        from robustreg.bound_estimates import bound_distances, bound_error
+        from robustreg.bound_estimates import bound_distances, bound_error, omega_envelope
 
         if summary["norm"] != column.norm:
             raise ValueError(f"the bounds are in {summary['norm']}, the column in {column.norm}")
         if column.metric == "gradient_norm":
             return float(summary[f"grad_norm_{column.statistic}"])
         if column.metric == "modulus":
-            return float(summary["omega"][_grid_position(summary, column.eps)])
+            return float(omega_envelope(summary["omega"])[_grid_position(summary, column.eps)])
         if column.bound == "omega" and column.metric == "bound_error":
             _grid_position(summary, column.eps)
         distance = bound_distances(frame, summary, column.bound)
@@ -153,8 +154,9 @@ class Reader:
     def notes(self, spec: TableSpec, cells) -> list[str]:
         """What a reader needs to know about our values: the devices training times were
         measured on, the rows whose mean empirical distance leaves out unbroken images, and
-        the visible violations of the bounds (``violations``)."""
-        notes = self.violations(spec, cells)
+        the visible violations of the bounds (``violations``) and what to know of their
+        estimates (``estimate_warnings``)."""
+        notes = self.violations(spec, cells) + self.estimate_warnings(spec, cells)
         devices = sorted(
             {
                 self.model(paths[0])["device"]
@@ -226,6 +228,24 @@ class Reader:
                         f"than an attack found on {violated} of {len(both)} images, a visible "
                         "violation: the bounds are estimates, not guarantees."
                     )
+        return notes
+
+    def estimate_warnings(self, spec: TableSpec, cells) -> list[str]:
+        """Per row and bounds job that a column of the table reads: its heavy-tailed GEV
+        fits and the omega(eps) estimates the envelope raised (``fit_warnings``)."""
+        from robustreg.bound_estimates import fit_warnings
+
+        notes = []
+        for cell in cells:
+            seen = set()
+            for key, paths in cell.files.items():
+                if file_kind(spec.column(key).metric) != BOUND_FILES or paths[0] in seen:
+                    continue
+                seen.add(paths[0])
+                phrases = fit_warnings(self.bounds(paths[0])[1])
+                if phrases:
+                    label = spec.row(cell.row).labels[cell.group]
+                    notes.append(f"{label} ({spec.column(key).norm}): {'; '.join(phrases)}.")
         return notes
 
 
