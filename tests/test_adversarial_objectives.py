@@ -381,7 +381,7 @@ def hand_atent(x, y, w, b, *, norm, gamma, steps, eta, eps, alpha, radius, draws
         grad = (np_softmax(xk @ w.T + b, -1) - onehot) @ w  # d CE_i / d x_i, per row
         if norm == "l2":
             unit = grad / np.linalg.norm(grad, axis=1, keepdims=True)
-            nxt = xk + eta * (unit + gamma * (x - xk))
+            nxt = xk + eta * unit + gamma * (x - xk)  # the authors' code: no eta' on the pull
         else:
             nxt = xk + eta * np.sign(grad)
         if eps > 0:
@@ -453,6 +453,26 @@ def test_atent_inner_loop_matches_algorithm_by_hand(norm, params):
         # the last-step projection binds: the steps overshoot 1/gamma, the result is on it
         assert overshoot > 0.1 + 0.01
         assert np.abs(final).max() == pytest.approx(0.1, abs=1e-6)
+
+
+def test_atent_l2_chain_settles_where_unit_step_and_pull_balance():
+    """Issue 20: with the authors' updates a constant unit direction and the pull
+    gamma * (x - x') balance at radius eta'/gamma (0.1 here); with the pull scaled by eta'
+    as Algorithm 1 writes it, at 1/gamma (2)."""
+    model = linear_model(16, 2, seed=3)  # two classes: the CE gradient keeps its direction
+    x, y = torch.full((4, 1, 4, 4), 0.5), torch.tensor([0, 1, 0, 1])
+    obj = Atent(
+        sigma=None, norm="l2", gamma=0.5, steps=60, step_size=0.05, noise=0.0, init_radius=0.3
+    )
+    _, logs = obj(model, x, y, CTX)
+    assert logs["radius"] == pytest.approx(0.1, abs=1e-4)
+    report = obj.epoch_report({"epoch": 3, "radius": logs["radius"]})
+    assert report == (
+        "l2-ATENT epoch 3: the Langevin chain ends at mean radius 0.1, against the eps = 0.3 "
+        "it starts on (appendix A.2 tunes gamma so that the two agree)"
+    )
+    linf = Atent(sigma=None, norm="linf", gamma=4.0, steps=1, step_size=0.1)
+    assert linf.epoch_report({"epoch": 1, "radius": 0.25}) is None
 
 
 def test_atent_l2_start_on_sphere_and_linf_default_radius():

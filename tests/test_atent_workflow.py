@@ -137,6 +137,10 @@ def test_early_stopped_models_record_their_epoch(atent_run):
         atent_run / "results" / "models" / experiment / "model.pt", weights_only=True
     )
     assert model["selected_epoch"] == 1
+    # the l2 chain's final radius, set beside the eps it starts on, per epoch (issue 20)
+    log = (atent_run / "logs" / "train" / f"{experiment}.log").read_text()
+    assert "l2-ATENT epoch 1: the Langevin chain ends at mean radius " in log
+    assert "against the eps = 2 it starts on" in log
 
 
 def test_changing_one_attack_reruns_only_its_jobs(atent_run):

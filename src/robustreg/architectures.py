@@ -4,7 +4,7 @@
 (BatchNorm) when training. A method that sends different kinds of inputs through the model
 changes meaning with it: the authors' code runs clean and noisy inputs in separate passes,
 so each is normalized with its own statistics (issue 20), and the jobs of such a method on
-such an architecture carry the method's ``batch_statistics_revision``.
+such an architecture carry the method's ``revision``.
 
 tests/test_models.py checks every entry against the built model, and that every registered
 architecture has one.

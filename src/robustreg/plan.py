@@ -36,7 +36,7 @@ from robustreg.attacks.registry import REGISTRY, resolve_attack
 from robustreg.bound_settings import check_blocks, resolve_bound_settings
 from robustreg.certify import max_certified_radius
 from robustreg.io import write_text_atomic
-from robustreg.objectives import batch_statistics_revision, describe, for_schedule, uses_sigma
+from robustreg.objectives import describe, for_experiment, uses_sigma
 from robustreg.schedule import check_schedule
 from robustreg.tables.spec import (
     ATTACKS,
@@ -625,8 +625,15 @@ def _settings_table(config: dict, plan: Plan, table_name: str, table: dict) -> T
             schedule = _schedule(
                 config, merged["schedule"], _where(row, row_where, where, "schedule")
             )
+            batch_statistics = _batch_statistics(merged["arch"], row_where)
             try:
-                params = for_schedule(row["method"], _params(row, sigma), sigma, schedule)
+                params, _ = for_experiment(
+                    row["method"],
+                    _params(row, sigma),
+                    sigma,
+                    schedule,
+                    batch_statistics=batch_statistics,
+                )
                 settings = describe(row["method"], params)
             except ValueError as err:
                 raise ConfigError(f"{row_where}.params: {err}") from None
@@ -692,6 +699,13 @@ def _lookup(config: dict, section: str, key: str, where: str) -> dict:
     return config[section][key]
 
 
+def _batch_statistics(arch: str, where: str) -> bool:
+    try:
+        return has_batch_statistics(arch)
+    except ValueError as err:
+        raise ConfigError(f"{where}.arch: {err}") from None
+
+
 def _params(row: dict, sigma: float) -> dict:
     params = dict(row.get("params", {}))
     for override in row.get("by_sigma", []):
@@ -720,8 +734,11 @@ def _add_experiment(config, plan, table, row, sigma, seed, where) -> str:
     if not noisy:
         sigma = None
     schedule = _schedule(config, table["schedule"], where + ".schedule")
+    batch_statistics = _batch_statistics(table["arch"], where)
     try:
-        params = for_schedule(row["method"], _params(row, sigma), sigma, schedule)
+        params, revision = for_experiment(
+            row["method"], _params(row, sigma), sigma, schedule, batch_statistics=batch_statistics
+        )
     except ValueError as err:
         raise ConfigError(f"{where}.params: {err}") from None
     exp = {
@@ -739,8 +756,7 @@ def _add_experiment(config, plan, table, row, sigma, seed, where) -> str:
         "seed": seed,
     }
     # the training ignores it; the id changes where the method's computation did
-    revision = batch_statistics_revision(row["method"])
-    if revision > 1 and has_batch_statistics(table["arch"]):
+    if revision > 1:
         exp["revision"] = revision
     noise = f"-s{sigma:.2f}" if sigma is not None else ""
     exp_id = f"{name}-{exp['arch']}-{exp['method']}{noise}-{digest(exp)}"

@@ -361,6 +361,7 @@ def train(
     # optional, so a wrapper that lacks them (as tests use) trains one step per chunk.
     replays = getattr(objective, "replays", 1)
     after_backward = getattr(objective, "after_backward", None)
+    epoch_report = getattr(objective, "epoch_report", None)
     where = f"({config['method']}, sigma={config['sigma']})"
     over = f", mean over {world} processes" if world > 1 else ""
     bar = tqdm(
@@ -444,6 +445,9 @@ def train(
             row["selected_epoch"] = best["epoch"]
         row["seconds"] = time.perf_counter() - started
         history.append(row)
+        report = epoch_report(row) if epoch_report is not None and rank == 0 else None
+        if report:
+            bar.write(report, file=sys.stderr)
         scheduler.step()
         rng = {
             "torch_rng": torch.get_rng_state(),

@@ -4,18 +4,21 @@ linf, Eq. 14), the one sampler of the package: the ATENT training objective
 
     x'^0     = clip(x + delta),  delta = r * sign(N(0, I))  (linf)  or  N(0, I) scaled onto the
                                  l2 sphere of radius r  (l2)                  (Alg. 1/2, line 4)
-    x'^(k+1) = x'^k + eta' * (d(g^k) + pull * (x - x'^k)) + noise * sqrt(2 eta') N(0, I)
+    x'^(k+1) = x'^k + eta' * d(g^k) + pull * (x - x'^k) + noise * sqrt(2 eta') N(0, I)
                                                                (Alg. 1, line 8, Eq. 9; Eq. 14)
 
 g^k is the input gradient of the summed per-example CE at x'^k, d = sign for linf and the
-per-example unit-l2 direction for l2. Each x'^(k+1) is clipped into [0, 1], except the last
-one when a final radius is given: that one is projected onto the ball of that radius around x
-(P_gamma of Eq. 14), then clipped. Reading followed (GauriJagatap/StochAT):
-adversarial/functional.py ``_langevin_samples`` (one step per call, its ``projector`` set on
-the last call only) and adversarial/utils.py ``random_perturbation`` (the start, which
-projects N(0, I) onto the l2 ball: the same point as ours whenever ||N|| > r, as always in
-image dimensions). The start is clipped before the first gradient (theirs evaluates the model
-once outside the image domain).
+per-example unit-l2 direction for l2. Both the unit step and the pull without eta' are the
+authors' code's (issue 20: Algorithm 1 scales the pull by eta' but steps along the raw
+gradient; taking the code's step with Algorithm 1's pull, as we once did, mixed the two, and
+the l2 chain's balance of the unit step and the pull, radius eta'/gamma, moved to 1/gamma).
+Each x'^(k+1) is clipped into [0, 1], except the last one when a final radius is given: that
+one is projected onto the ball of that radius around x (P_gamma of Eq. 14), then clipped.
+Reading followed (GauriJagatap/StochAT): adversarial/functional.py ``_langevin_samples`` (one
+step per call, its ``projector`` set on the last call only) and adversarial/utils.py
+``random_perturbation`` (the start, which projects N(0, I) onto the l2 ball: the same point as
+ours whenever ||N|| > r, as always in image dimensions). The start is clipped before the first
+gradient (theirs evaluates the model once outside the image domain).
 
 ATENT as an attack (appendix A.3, "ATENT as Attack"; Table 6, "ATENT-20": the configuration of
 PGD-20) runs this sampler on one model and one batch, with r = eps, no pull and the last step
@@ -44,8 +47,8 @@ class LangevinSampler:
     """The chain above for inputs [B, ...] in [0, 1]; random draws come from torch's global
     generator. ``norm`` is checked by the callers (``Atent``, ``check_threat_model``).
 
-    ``start_radius`` is r; ``pull`` weighs Eq. 9's gamma * (x - x'), scaled by eta' as in
-    Algorithm 1 (0 for linf, whose Eq. 14 has no such term); ``final_radius`` is the radius
+    ``start_radius`` is r; ``pull`` weighs Eq. 9's gamma * (x - x'), not scaled by eta' (the
+    authors' code; 0 for linf, whose Eq. 14 has no such term); ``final_radius`` is the radius
     of the last step's projection, None to clip the last step like the others.
     """
 
@@ -70,7 +73,7 @@ class LangevinSampler:
         self, x: torch.Tensor, x_k: torch.Tensor, grad: torch.Tensor, *, last: bool
     ) -> torch.Tensor:
         """x'^{k+1} from x'^k and the input gradient ``grad`` of the summed CE at x'^k."""
-        x_next = x_k + self.step_size * (direction(grad, self.norm) + self.pull * (x - x_k))
+        x_next = x_k + self.step_size * direction(grad, self.norm) + self.pull * (x - x_k)
         if self.noise > 0:  # no draw at all for a noiseless chain
             x_next = x_next + math.sqrt(2 * self.step_size) * self.noise * torch.randn_like(x)
         if last and self.final_radius is not None:  # Eq. 14: P_gamma on the last step only

@@ -7,9 +7,8 @@ Planning needs the declarations only, which import no torch; the training loop's
 
 from robustreg.objectives.settings import (
     REGISTRY,
-    batch_statistics_revision,
     describe,
-    for_schedule,
+    for_experiment,
     keeps_state,
     parameter_names,
     resolve_params,
@@ -33,10 +32,9 @@ __all__ = [
     "REGISTRY",
     "Objective",
     "StepContext",
-    "batch_statistics_revision",
     "build_objective",
     "describe",
-    "for_schedule",
+    "for_experiment",
     "keeps_state",
     "parameter_names",
     "resolve_params",

@@ -6,7 +6,7 @@ Algorithm 2, linf; the sampler ``robustreg.attacks.atent.LangevinSampler``, whic
 attack runs too) and an exponential average of the losses along the chain:
 
     x'^0     = clip(x + delta)                                              (Alg. 1/2, line 4)
-    l2:      x'^{k+1} = x'^k + eta' * (d^k + gamma * (x - x'^k)) + sqrt(2 eta') eps N(0, I)
+    l2:      x'^{k+1} = x'^k + eta' * d^k + gamma * (x - x'^k) + sqrt(2 eta') eps N(0, I)
                                                                         (Alg. 1, line 8; Eq. 9)
     linf:    x'^{k+1} = x'^k + eta' * sign(g^k) + sqrt(2 eta') eps N(0, I)   (Alg. 2; Eq. 14)
     mu       <- (1 - alpha) * mu + alpha * mean_i CE(f(x'^{k+1}_i), y_i), mu = 0 at first
@@ -30,10 +30,14 @@ Every x' is clipped into [0, 1]. Our reading, checked against the authors' code
 - Step direction: the paper writes the raw batch-mean gradient, but eta' = 2 eps / K and
   "the same configuration as PGD" only make sense for a normalized step, which the code
   takes (unit-l2 per example, or the sign).
-- l2 pull-back: the code adds gamma * (x - x'^k) without eta'; we follow Algorithm 1 and
-  scale it by eta' (the code's chain is ours with gamma = gamma_code / eta'). A zero
-  gradient gives a zero direction here (the code divides by zero, and the l2 notebook stops
-  the chain when the batch gradient vanishes).
+- l2 pull-back: gamma * (x - x'^k) without eta', as the code adds it (Algorithm 1 scales it
+  by eta', but also steps along the raw gradient: we follow one source, the code, which
+  produced the tables; issue 20). A unit step eta' balances the pull at radius eta'/gamma
+  (5 for MNIST's 0.25 / 0.05). Appendix A.2 tunes gamma so that the chain's final radius is
+  about the attack's eps, the radius the code starts on (``init_radius``): each epoch's
+  mean final radius is the history's ``radius``, and the training log sets it beside that
+  eps (``epoch_report``). A zero gradient gives a zero direction here (the code divides by
+  zero, and the l2 notebook stops the chain when the batch gradient vanishes).
 - linf projection: on the last step only, the perturbation x'^K - x is projected onto the
   linf ball of radius 1/gamma (the code's ``projector``). The paper's elementwise P_gamma
   of the *update* would never bind with eta' = 0.007 < 1/gamma.
@@ -55,6 +59,8 @@ gamma by.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -86,6 +92,17 @@ class Atent(AtentSettings, Objective):
             start_radius=1.0 / self.gamma if self.init_radius is None else float(self.init_radius),
             pull=self.gamma if l2 else 0.0,
             final_radius=None if l2 else 1.0 / self.gamma,
+        )
+
+    def epoch_report(self, row: Mapping[str, float]) -> str | None:
+        """l2: the epoch's mean final radius of the chain beside the eps it starts on, which
+        appendix A.2 tunes gamma to match."""
+        if self.norm != "l2" or self.init_radius is None:
+            return None
+        return (
+            f"l2-ATENT epoch {row['epoch']}: the Langevin chain ends at mean radius "
+            f"{row['radius']:.3g}, against the eps = {self.init_radius:g} it starts on "
+            "(appendix A.2 tunes gamma so that the two agree)"
         )
 
     def __call__(

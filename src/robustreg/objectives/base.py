@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -89,6 +90,11 @@ class Objective(MethodSettings):
 
     def after_backward(self, ctx: StepContext) -> None:
         """Called by the loop after each step's backward pass, before the optimizer steps."""
+
+    def epoch_report(self, row: Mapping[str, float]) -> str | None:
+        """A line for the training log after each epoch, about what the method's own logs in
+        the epoch's history ``row`` mean (ATENT's chain radius), or None."""
+        return None
 
     @property
     def bf16_problem(self) -> str | None:

@@ -54,9 +54,6 @@ class MethodSettings:
     uses_sigma: ClassVar[bool] = True
     # Whether the method keeps tensors across steps (``base.StepContext.state``).
     keeps_state: ClassVar[bool] = False
-    # Raised each time the method's computation changed for architectures that train with
-    # batch statistics alone (``robustreg.architectures``): their jobs' ids change with it.
-    batch_statistics_revision: ClassVar[int] = 1
     # Epoch counts a config may tie to the experiment's schedule (``epochs_in``).
     schedule_fields: ClassVar[tuple[str, ...]] = ()
     sigma: float | None
@@ -65,6 +62,14 @@ class MethodSettings:
         """Why the method's defining term could never act in a training of ``epochs`` epochs,
         as ``"field: reason"``, or None."""
         return None
+
+    def revision(self, batch_statistics: bool) -> int:
+        """How many times what the method computes with these settings has changed (1:
+        never), on an architecture that does (``batch_statistics``) or does not normalize
+        with batch statistics (``robustreg.architectures``). An experiment whose revision is
+        above 1 carries it, so its id changed with the computation while the others keep
+        theirs."""
+        return 1
 
 
 REGISTRY: dict[str, type[MethodSettings]] = {}
@@ -138,30 +143,31 @@ def epochs_in(value: object, schedule: Mapping, field: str) -> object:
     return max(math.floor(share + 0.5), 1 if int(numerator) > 0 else 0)
 
 
-def for_schedule(method: str, params: dict, sigma: float | None, schedule: Mapping) -> dict:
-    """``params`` completed (``resolve_params``), every epoch count the method ties to its
-    schedule turned into a number (``epochs_in``), and checked against ``schedule``: a
-    one-line ValueError names the hyperparameter that is out of range, or whose value means
-    that the method's defining term would never act (issue 20: MACER starting after the last
-    epoch, SmoothAdv's eps never reached)."""
+def for_experiment(
+    method: str, params: dict, sigma: float | None, schedule: Mapping, *, batch_statistics: bool
+) -> tuple[dict, int]:
+    """``params`` as an experiment trains them, and the method's ``revision`` for them.
+
+    The params are completed (``resolve_params``), every epoch count the method ties to its
+    schedule is turned into a number (``epochs_in``), and all are checked against
+    ``schedule``: a one-line ValueError names the hyperparameter that is out of range, or
+    whose value means that the method's defining term would never act (issue 20: MACER
+    starting after the last epoch, SmoothAdv's eps never reached).
+    """
     cls = declaration(method)
     resolved = resolve_params(method, params)
     for field in cls.schedule_fields:
         resolved[field] = epochs_in(resolved[field], schedule, field)
-    problem = cls(sigma=sigma, **resolved).schedule_problem(schedule["epochs"])
+    settings = cls(sigma=sigma, **resolved)
+    problem = settings.schedule_problem(schedule["epochs"])
     if problem:
         raise ValueError(problem)
-    return resolved
+    return resolved, settings.revision(batch_statistics)
 
 
 def describe(method: str, params: dict) -> dict:
     """What a settings table shows for ``method``: its name, fixed traits, resolved params."""
     return {"method": method, **declaration(method).traits, **resolve_params(method, params)}
-
-
-def batch_statistics_revision(method: str) -> int:
-    """``MethodSettings.batch_statistics_revision`` of ``method``."""
-    return declaration(method).batch_statistics_revision
 
 
 def uses_sigma(method: str) -> bool:
@@ -264,9 +270,12 @@ class StabilitySettings(MethodSettings):
 
     name: ClassVar[str] = "stability"
     implemented_by: ClassVar[str] = "robustreg.objectives.stability.Stability"
-    # 2: clean and noisy inputs in two passes, not one joint batch (issue 20)
-    batch_statistics_revision: ClassVar[int] = 2
     lbd: float = 2.0
+
+    def revision(self, batch_statistics: bool) -> int:
+        # 2: clean and noisy inputs in two passes, not one joint batch (issue 20), which
+        # BatchNorm normalizes apart
+        return 2 if batch_statistics else 1
 
 
 @declare
@@ -628,6 +637,11 @@ class AtentSettings(MethodSettings):
     noise: float = 0.001
     alpha: float = 0.9
     init_radius: float | None = None
+
+    def revision(self, batch_statistics: bool) -> int:
+        # 2: the l2 chain's pull towards x is gamma * (x - x'), as in the authors' code, no
+        # longer eta' * gamma * (x - x') (issue 20); linf has no pull
+        return 2 if self.norm == "l2" else 1
 
     def __post_init__(self) -> None:
         require(self.norm in NORMS, "norm", f"need one of {', '.join(NORMS)}, got {self.norm!r}")
