@@ -18,12 +18,12 @@ TARGET = "reports/adre.md"
 def test_dry_run_plans_each_model_once(workdir):
     jobs = planned_jobs(workdir, TARGET)
     # Table 1: 4 + 12 CIFAR-10 and 3 + 6 ImageNet models; Figure 1: 6 + 6; Figure 2 reuses
-    # two Table 1 models and their counts, adding two T-CERTIFY logs.
+    # two Table 1 models and their counts, adding two T-CERTIFY logs at each level.
     assert jobs == {
         "dataset": 2,
         "train": 37,
         "certify": 37,
-        "tcertify": 2,
+        "tcertify": 4,
         "table_cells": 3,
         "table": 3,
         "figure": 2,
@@ -86,6 +86,18 @@ def test_tcertify_reads_the_same_counts_and_never_certifies_less(adre_run):
         assert np.array_equal(ours["idx"], theirs["idx"])
         certified = theirs["predict"] >= 0
         assert np.all(ours["radius"][certified] >= theirs["radius"][certified] - 1e-12)
+        # the sound variant (alpha split over the grid) never certifies more than the paper's
+        sound = read_certify_log(
+            adre_run / "results" / "tables" / cells[f"{dataset}_tcertify_sound"]["log"]
+        )
+        assert Path(cells[f"{dataset}_tcertify_sound"]["log"]).name == "tcertify_bonferroni.tsv"
+        assert np.all(sound["radius"] <= ours["radius"] + 1e-12)
+    tlog = next((adre_run / "logs" / "tcertify_bonferroni").rglob("*.log"))
+    assert tlog.exists()
+    figure = (adre_run / "reports" / "figure2_adre.md").read_text()
+    assert "holds at level α + 0.9α = 1.9α" in " ".join(figure.split())
+    assert "Our certified accuracy (fraction) at the radii of the table's columns:" in figure
+    assert "- (a) CIFAR-10, T-CERTIFY (sound): " in figure
 
 
 def test_imagenet_trains_data_parallel_through_torchrun(adre_run):
@@ -101,4 +113,4 @@ def test_changing_the_tcertify_grid_recomputes_only_tcertify(adre_run):
     name = "grid.yaml"
     (adre_run / name).write_text(yaml.safe_dump({"tcertify": {"grid": [0.5, 1.0]}}))
     jobs = planned_jobs(adre_run, TARGET, "--configfile", "micro.yaml", name)
-    assert jobs == {"tcertify": 2, "table_cells": 1, "table": 1, "figure": 1, "paper": 1}
+    assert jobs == {"tcertify": 4, "table_cells": 1, "table": 1, "figure": 1, "paper": 1}

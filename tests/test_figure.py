@@ -143,6 +143,8 @@ def test_render_figure_writes_pdf_png_markdown_and_latex(tmp_path):
     assert "curves only" not in text and "Line styles" not in text and "one colour per" not in text
     assert f"- Gaussian, σ = 0.50: `{tmp_path / 'tables' / 'logs' / 'g.tsv'}`" in text
     assert "MACER" not in text  # only the plotted rows' logs
+    # the curves' values at the table's radii, as the legend names the lines
+    assert "- σ = 0.50, Gaussian: 0.60 at r = 0; 0.60 at r = 0.25; 0.40 at r = 0.5;" in text
     latex = tex.read_text()
     assert r"\includegraphics[width=\linewidth]{figures/fig_mnist.pdf}" in latex
     caption = next(line for line in latex.splitlines() if line.startswith(r"\caption{"))

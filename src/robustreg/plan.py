@@ -60,9 +60,10 @@ _DISPLAY = {"mnist": "MNIST", "cifar10": "CIFAR10", "imagenet": "ImageNet"}
 _INHERITED = ("dataset", "arch", "schedule", "certify", "sigmas", "rows")
 # Per-row keys of a results table that choose where a row's models come from.
 _ROW_SETUP = ("dataset", "arch", "schedule", "certify")
-# What a results cell reads from a certification: the certify job's CERTIFY log, or the
-# T-CERTIFY log computed from the same stored counts (no new sampling).
-CERTIFIERS = ("certify", "tcertify")
+# What a results cell reads from a certification: the certify job's CERTIFY log, or a
+# T-CERTIFY log computed from the same stored counts (no new sampling), at the paper's level
+# or with alpha split over the grid (robustreg.certify.TCERTIFY_LEVELS).
+CERTIFIERS = ("certify", "tcertify", "tcertify_bonferroni")
 
 
 class ConfigError(ValueError):

@@ -26,13 +26,16 @@ rule certify:
 
 # T-CERTIFY (Feng et al. 2020, Algorithm 2) from the counts the certify job stored: the same
 # samples as CERTIFY, as the paper compares the two; changing the grid reruns only this.
+# tcertify.tsv at the paper's level, tcertify_bonferroni.tsv with alpha split over the grid.
 rule tcertify:
     input:
         "results/certify/{exp}/{cert}/counts.npz",
     output:
-        "results/certify/{exp}/{cert}/tcertify.tsv",
+        "results/certify/{exp}/{cert}/{tcertifier}.tsv",
     log:
-        "logs/tcertify/{exp}/{cert}.log",
+        "logs/{tcertifier}/{exp}/{cert}.log",
+    wildcard_constraints:
+        tcertifier="tcertify|tcertify_bonferroni",
     localrule: True
     conda:
         "../../envs/robustreg.yaml"

@@ -150,7 +150,10 @@ def names_pattern(names):
 
 def tcertify_args(wildcards):
     c = certification(wildcards)
-    return ["--alpha", str(c["alpha"]), "--grid", *(str(g) for g in config["tcertify"]["grid"])]
+    args = ["--alpha", str(c["alpha"]), "--grid", *(str(g) for g in config["tcertify"]["grid"])]
+    return args + (
+        ["--level", "bonferroni"] if wildcards.tcertifier == "tcertify_bonferroni" else []
+    )
 
 
 def withdraw_stale_reports(dag):

@@ -424,10 +424,39 @@ def render_figure(
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=150)
     context = _context(fspec, cells, points, md=md, tex=tex, pdf=pdf, png=png)
+    context["values"] = [] if fspec.draws == ROBUSTNESS else values_at_radii(fspec, cells)
     for kind, path in (("md", md), ("tex", tex)):
         text = environment(kind).get_template(f"figure.{kind}.j2").render(**context)
         write_text_atomic(Path(path), text)
     return curves
+
+
+def values_at_radii(figure: FigureSpec, cells: CellsFile) -> list[dict[str, Any]]:
+    """Per plotted line of a certify figure, in panel order, our certified accuracy at the
+    radii of its table's certified-accuracy columns: what a reader would otherwise read off
+    the curves (Figure 2 of Feng et al.: both T-CERTIFY curves at the paper's radii).
+    Entries: panel (its title), name (the line's, as the legend gives it) and accuracies, a
+    list of (radius, accuracy) texts."""
+    spec = cells.spec
+    radii = sorted({c.radius for c in spec.columns if c.metric == "certified_accuracy"})
+    logs = {(c.row, c.group): c.logs[0] for c in cells.cells if c.row in figure.rows}
+    entries = []
+    for panel in _panels(figure, spec):
+        for line in panel.lines:
+            if not radii or (line.row, line.group) not in logs:
+                continue
+            log = read_certification(logs[line.row, line.group])
+            accuracy = certified_accuracy(log["radius"], log["correct"], np.asarray(radii))
+            entries.append(
+                {
+                    "panel": panel.title,
+                    "name": line.name,
+                    "accuracies": [
+                        (f"{r:g}", f"{a:.2f}") for r, a in zip(radii, accuracy, strict=True)
+                    ],
+                }
+            )
+    return entries
 
 
 def _context(
