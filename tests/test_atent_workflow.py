@@ -128,6 +128,12 @@ def test_micro_run_attacks_each_model_with_each_column(atent_run):
                 assert len(outcomes) == 10
                 # an image is robust only if the model classified it correctly to begin with
                 assert (outcomes["robust"] <= (outcomes["clean"] == outcomes["label"])).all()
+                # what broke each image: for AutoAttack, the sub-attack of its cascade
+                broken = (outcomes["robust"] == 0) & (outcomes["clean"] == outcomes["label"])
+                assert (outcomes["broken_by"] != "-").tolist() == broken.tolist()
+                if "autoattack" in path:
+                    names = set(outcomes["broken_by"]) - {"-"}
+                    assert names <= {"apgd-ce", "apgd-t", "fab-t", "square"}, names
 
 
 def test_early_stopped_models_record_their_epoch(atent_run):

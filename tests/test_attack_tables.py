@@ -14,13 +14,15 @@ from robustreg.tables.spec import specs_dir
 OUTCOME_HEADER = "idx\tlabel\tclean\tadversarial\trobust\tl2\tlinf\ttime"
 
 
-def write_outcomes(path: Path, robust: list[int]) -> Path:
-    """A synthetic outcome file: image i has label i % 10; robust images keep it."""
-    lines = [OUTCOME_HEADER]
+def write_outcomes(path: Path, robust: list[int], broken_by: list[str] | None = None) -> Path:
+    """A synthetic outcome file: image i has label i % 10; robust images keep it. With
+    ``broken_by``, the column naming what broke each image (else an older log without it)."""
+    lines = [OUTCOME_HEADER + ("\tbroken_by" if broken_by else "")]
     for i, r in enumerate(robust):
         label = i % 10
         adversarial = label if r else (label + 1) % 10
-        lines.append(f"{i}\t{label}\t{label}\t{adversarial}\t{r}\t0.5\t0.1\t0:00:00.010000")
+        part = f"\t{broken_by[i]}" if broken_by else ""
+        lines.append(f"{i}\t{label}\t{label}\t{adversarial}\t{r}\t0.5\t0.1\t0:00:00.010000{part}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -41,7 +43,7 @@ def test_atent_specs_transcribe_the_paper():
     assert [r.key for r in t1.rows] == ["sgd", "entropy_sgd", "pgd_at", "trades", "mma", "atent"]
     assert t1.values_from == "attacks"
     paper = {r.key: r.paper["MNIST"] for r in t1.rows}
-    assert paper["atent"] == (98.66, 77.21, 76.72, None)
+    assert paper["atent"] == (98.66, 77.21, 76.72, None, None)
     assert paper["sgd"][:3] == (99.38, 19.40, 13.20)
     assert {r.key: r.not_evaluated for r in t1.rows if r.not_evaluated} == {
         "pgd_at": ("cw",),
@@ -86,7 +88,14 @@ def test_attack_table_renders_robust_accuracy_missing_and_not_evaluated(tmp_path
     (atent,) = [line for line in text.splitlines() if line.startswith("| ℓ2 ATENT")]
     fields = [f.strip() for f in atent.strip("|").split("|")]
     # PGD-AT's 75 % is the best PGD-40 value, ATENT's 20 % the second best
-    assert fields[1:] == ["75.00 (98.66)", "<u>20.00</u> (77.21)", "– (76.72)", "– (–)"]
+    assert fields[1:] == [
+        "75.00 (98.66)",
+        "<u>20.00</u> (77.21)",
+        "– (76.72)",
+        "– (–)",
+        "20.00 (–)",  # the worst case over the one attack it has
+    ]
+    assert "ℓ2 ATENT, Worst case: over the attacks evaluated, without ℓ2 CW, AutoAttack." in text
     (pgd_at,) = [line for line in text.splitlines() if line.startswith("| ℓ2 PGD-AT")]
     # CW was never evaluated against PGD-AT: a lone dash, as the paper prints it
     assert [f.strip() for f in pgd_at.strip("|").split("|")][3] == "–"
@@ -94,6 +103,37 @@ def test_attack_table_renders_robust_accuracy_missing_and_not_evaluated(tmp_path
     assert "attack outcome files" in text and "pgd40: b.tsv" in text
     assert "PGD-AT & 75.00" not in tex.read_text()  # LaTeX keeps the label escaped
     assert '<td class="r">–</td>' in html.read_text()
+
+
+def test_worst_case_counts_an_image_robust_only_if_it_survives_every_attack(tmp_path):
+    """Issue 20: per row, the images robust under PGD-40, CW and AutoAttack at once: each
+    attack breaks one other image of four here, so each column reads 75 % and the worst case
+    25 %. Square broke an image that AutoAttack's gradient attacks left robust: noted."""
+    write_outcomes(tmp_path / "pgd.tsv", [0, 1, 1, 1])
+    write_outcomes(tmp_path / "cw.tsv", [1, 0, 1, 1])
+    write_outcomes(tmp_path / "aa.tsv", [1, 1, 0, 1], broken_by=["-", "-", "square", "-"])
+    outcomes = {"pgd40": "pgd.tsv", "cw": "cw.tsv", "autoattack": "aa.tsv"}
+    entry = {"row": "atent", "dataset": "MNIST", "outcomes": outcomes}
+    cells = cells_file(tmp_path, "table1_atent", [entry])
+    frame = render_table(cells, tmp_path / "t.md", tmp_path / "t.tex")
+    ours = {(r.row, r.column): r.ours for r in frame.itertuples()}
+    assert [ours["atent", k] for k in ("pgd40", "cw", "autoattack")] == [75.0, 75.0, 75.0]
+    assert ours["atent", "worst"] == pytest.approx(25.0)
+    text = " ".join((tmp_path / "t.md").read_text().split())
+    assert (
+        "ℓ2 ATENT, AutoAttack: Square, AutoAttack's gradient-free attack, broke 1 of 4 images "
+        "that its gradient-based attacks had left robust, a sign of gradient masking."
+    ) in text
+    assert "over the attacks evaluated" not in text  # every attack of the row has its file
+
+    write_outcomes(tmp_path / "cw.tsv", [1, 0, 1])  # other images than PGD-40's
+    with pytest.raises(ValueError, match=r"cw.tsv: holds other images than .*pgd.tsv"):
+        render_table(cells, tmp_path / "t.md", tmp_path / "t.tex")
+    bad = cells_file(
+        tmp_path, "table1_atent", [entry | {"outcomes": outcomes | {"worst": "pgd.tsv"}}]
+    )
+    with pytest.raises(ValueError, match=r"column 'worst' is a worst case over other columns"):
+        load_cells(bad)
 
 
 def _md_lines(text: str, first: str) -> list[list[str]]:

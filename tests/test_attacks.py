@@ -11,6 +11,7 @@ import dataclasses
 import importlib.metadata
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import killed_after_first_append
+from conftest import REPO, killed_after_first_append
 from torch import nn
 
 from robustreg.attacks.atent import atent_attack
@@ -399,6 +400,7 @@ def _result(num: int) -> dict[str, np.ndarray]:
         "l2": rng.random(num) / 3,
         "linf": rng.random(num) / 7,
         "seconds": rng.random(num) * 4000,
+        "broken_by": np.array(["-", "apgd-ce", "square", "-", "pgd"][:num] * (num // 5 + 1))[:num],
     }
 
 
@@ -406,14 +408,26 @@ def test_outcome_log_round_trip(tmp_path):
     result = _result(5)
     write_outcomes(tmp_path / "outcomes.tsv", result)
     lines = (tmp_path / "outcomes.tsv").read_text().splitlines()
-    assert lines[0].split("\t") == list(OUTCOME_COLUMNS)
-    assert lines[1].split("\t")[-1].count(":") == 2  # H:MM:SS.ffffff
+    assert lines[0].split("\t") == [*OUTCOME_COLUMNS, "broken_by"]
+    assert lines[1].split("\t")[-2].count(":") == 2  # H:MM:SS.ffffff
     frame = read_outcomes(tmp_path / "outcomes.tsv")
-    assert list(frame.columns) == list(OUTCOME_COLUMNS)
-    for key in ("idx", "label", "clean", "adversarial", "robust", "l2", "linf"):
+    assert list(frame.columns) == [*OUTCOME_COLUMNS, "broken_by"]
+    for key in ("idx", "label", "clean", "adversarial", "robust", "l2", "linf", "broken_by"):
         np.testing.assert_array_equal(frame[key].to_numpy(), result[key])
     np.testing.assert_allclose(frame["time"].to_numpy(), result["seconds"], atol=1e-6)
     assert frame["idx"].dtype == np.int64 and frame["l2"].dtype == np.float64
+
+
+def test_outcome_logs_without_broken_by_still_read_and_bad_names_are_refused(tmp_path):
+    # logs written before the column existed read as they are, without it
+    path = tmp_path / "outcomes.tsv"
+    path.write_text("\t".join(OUTCOME_COLUMNS) + "\n0\t1\t1\t1\t1\t0.0\t0.0\t0:00:01\n")
+    assert list(read_outcomes(path).columns) == list(OUTCOME_COLUMNS)
+    path.write_text(
+        "\t".join([*OUTCOME_COLUMNS, "broken_by"]) + "\n0\t1\t1\t2\t0\t0.1\t0.1\t0:00:01\tA B\n"
+    )
+    with pytest.raises(ValueError, match=r"outcomes.tsv: column 'broken_by' must name an attack"):
+        read_outcomes(path)
 
 
 def test_read_outcomes_names_the_file_and_the_missing_column(tmp_path):
@@ -622,3 +636,89 @@ def test_autoattack_records_the_code_its_package_repackages():
     }
     pgd = build_attack({"kind": "pgd", "norm": "l2", "eps": 1.0, "steps": 1, "step_size": 0.5})
     assert "upstream" not in pgd.library()
+
+
+class _FirstPixel(nn.Module):
+    """Class 1 where the first pixel exceeds 0.5, else class 0."""
+
+    def forward(self, x):
+        first = x.flatten(1)[:, :1]
+        return torch.cat([0.5 - first, first - 0.5], dim=1)
+
+
+def test_autoattack_credits_each_broken_image_to_the_sub_attack_that_broke_it(monkeypatch):
+    """Issue 20: the cascade runs one sub-attack at a time on the images still robust, and
+    the outcome log names the one that broke each image (synthetic stand-in for AutoAttack's
+    sub-attacks: each breaks the images it is given here)."""
+    from pyautoattack import AutoAttack
+
+    breaks = {"apgd-ce": {0}, "apgd-t": set(), "fab-t": {1}, "square": {3}}
+    given = {}
+    x = torch.full((4, 1, 2, 2), 0.2)
+    x[:, 0, 1, 1] = torch.arange(4) / 10  # tells the images apart
+
+    def evaluation(self, xs, ys, batch_size):
+        (name,) = self.attacks_to_run
+        ids = [int(round(float(v) * 10)) for v in xs[:, 0, 1, 1]]
+        given[name] = ids
+        points = xs.clone()
+        for row, i in enumerate(ids):
+            if i in breaks[name]:
+                points[row, 0, 0, 0] = 0.55
+        return points, ys
+
+    monkeypatch.setattr(AutoAttack, "run_standard_evaluation", evaluation)
+    attack = build_attack({"kind": "autoattack", "norm": "linf", "eps": 0.4})
+    y = torch.zeros(4, dtype=torch.long)
+    result = run_attack(_FirstPixel(), x, y, attack, batch_size=4, seed=0, device="cpu")
+    assert given == {
+        "apgd-ce": [0, 1, 2, 3],
+        "apgd-t": [1, 2, 3],
+        "fab-t": [1, 2, 3],
+        "square": [2, 3],
+    }
+    assert list(result["broken_by"]) == ["apgd-ce", "fab-t", "-", "square"]
+    assert list(result["robust"]) == [0, 0, 1, 0]
+
+
+def test_autoattack_runs_croce_and_heins_own_package_when_installed(tmp_path):
+    """With the official ``autoattack`` package importable (a stand-in with its call
+    signatures here: it is not on this machine's registries), the adapter calls it, not
+    pyautoattack, and attack.json says so."""
+    package = tmp_path / "autoattack"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "CALLS = []\n"
+        "class AutoAttack:\n"
+        "    def __init__(self, model, norm='Linf', eps=.3, seed=None, verbose=True,\n"
+        "                 attacks_to_run=[], version='standard', is_tf_model=False,\n"
+        "                 device='cuda', log_path=None):\n"
+        "        CALLS.append(('init', norm, eps, version, verbose))\n"
+        "        self.attacks_to_run = ['apgd-ce', 'apgd-t', 'fab-t', 'square']\n"
+        "    def run_standard_evaluation(self, x_orig, y_orig, bs=250, return_labels=False,\n"
+        "                                state_path=None):\n"
+        "        CALLS.append(('run', tuple(self.attacks_to_run), bs))\n"
+        "        return x_orig.clone()\n"
+    )
+    (package / "autopgd_base.py").write_text(
+        "class APGDAttack: pass\nclass APGDAttack_targeted(APGDAttack): pass\n"
+    )
+    code = (
+        "import importlib.metadata, torch\n"
+        "importlib.metadata.version = lambda name: {'autoattack': '0.1'}[name]\n"
+        "from robustreg.attacks.registry import build_attack\n"
+        "import autoattack\n"
+        "a = build_attack({'kind': 'autoattack', 'norm': 'l2', 'eps': 0.5})\n"
+        "m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))\n"
+        "x = torch.rand(2, 1, 2, 2)\n"
+        "a.perturb(m, x, m(x).argmax(1))\n"
+        "print(a.library(), autoattack.CALLS)\n"
+    )
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO / "src")])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == (
+        "{'library': 'autoattack', 'library_version': '0.1'} "
+        "[('init', 'L2', 0.5, 'standard', False), ('run', ('apgd-ce',), 2), "
+        "('run', ('apgd-t',), 2), ('run', ('fab-t',), 2), ('run', ('square',), 2)]"
+    )

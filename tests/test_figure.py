@@ -607,6 +607,7 @@ def write_outcome_log(path: Path, rows: list[tuple[int, float, float]]) -> Path:
             "l2": np.array([a for _, a, _ in rows]),
             "linf": np.array([b for _, _, b in rows]),
             "seconds": np.zeros(n),
+            "broken_by": np.where(robust == 1, "-", "cw_l2_min"),
         },
     )
     return path

@@ -53,6 +53,7 @@ def outcomes(folder: Path, images: int = 10, kept: int | None = None, summary: d
         "adversarial": np.where(idx % 2 == 0, idx % 10, (idx + 1) % 10),
         "robust": (idx % 2 == 0).astype(int), "l2": np.where(idx % 2 == 0, 0.0, 0.5),
         "linf": np.where(idx % 2 == 0, 0.0, 0.01), "seconds": np.zeros(num),
+        "broken_by": np.where(idx % 2 == 0, "-", "pgd"),
     }  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     write_outcomes(folder / "outcomes.tsv", result)

@@ -689,14 +689,16 @@ def test_planning_a_config_with_attack_and_bounds_tables_imports_no_torch():
 
 
 def test_an_attack_kind_whose_meaning_changed_gets_new_job_ids():
-    # cw_l2_min's revision 2 counts Foolbox's unreached zero start as not found: its outcomes
-    # from the earlier code must not be reused, every other kind's ids stay as they were
+    # cw_l2_min's revision 2 counts Foolbox's unreached zero start as not found, and
+    # autoattack's names the sub-attack that broke each image: their outcomes from the earlier
+    # code must not be reused, every other kind's ids stay as they were
     plan = make_plan(merged())
     revised = {key: job for key, job in plan.attacks.items() if "revision" in job}
-    assert revised and {job["attack"]["kind"] for job in revised.values()} == {"cw_l2_min"}
+    kinds = {"cw_l2_min", "autoattack"}
+    assert revised and {job["attack"]["kind"] for job in revised.values()} == kinds
     assert {job["revision"] for job in revised.values()} == {2}
     assert all(
-        job["attack"]["kind"] != "cw_l2_min"
+        job["attack"]["kind"] not in kinds
         for key, job in plan.attacks.items()
         if key not in revised
     )

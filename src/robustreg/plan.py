@@ -372,6 +372,13 @@ def _attacks_table(config: dict, plan: Plan, table_name: str, table: dict) -> Ta
         names = table.get("attacks", {}) | row.get("attacks", {})
         jobs = {}
         for column in spec.columns:
+            if column.of:  # a worst case, from the outcomes of the columns it names
+                if column.key in names:
+                    raise ConfigError(
+                        f"{where}.attacks.{column.key}: a worst case over columns "
+                        f"{', '.join(column.of)} runs no attack of its own"
+                    )
+                continue
             if column.key in row_spec.not_evaluated:
                 if column.key in row.get("attacks", {}):
                     raise ConfigError(

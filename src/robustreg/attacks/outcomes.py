@@ -3,8 +3,11 @@
 read outcome logs without importing it; pandas only when one is read.
 
 One row per image (``OUTCOME_COLUMNS``): idx, label, clean (clean prediction), adversarial
-(prediction at the kept point), robust, l2 and linf (distances of the kept point), time. A
-minimal attack's rows mean (``robustreg.attacks.registry``):
+(prediction at the kept point), robust, l2 and linf (distances of the kept point), time, and
+``broken_by`` (``PART_COLUMN``): what broke the image, the attack's kind or, for AutoAttack,
+the sub-attack of its cascade (apgd-ce, apgd-t, fab-t, square, ...), and "-" for an image not
+broken (robust, or misclassified before any attack). Logs written before that column existed
+are read without it. A minimal attack's rows mean (``robustreg.attacks.registry``):
 
 * robust 0, l2 = linf = 0: the clean image is misclassified (top-k), not attacked;
 * robust 0, distance > 0: broken at that point; l2 and linf are both its distances, so an l2
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -30,15 +34,37 @@ from robustreg.io import Expected, ResumableLog, write_text_atomic
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["OUTCOME_COLUMNS", "RESULT_KEYS", "OutcomeLog", "read_outcomes", "write_outcomes"]
+__all__ = [
+    "NOT_BROKEN",
+    "OUTCOME_COLUMNS",
+    "PART_COLUMN",
+    "RESULT_KEYS",
+    "OutcomeLog",
+    "read_outcomes",
+    "write_outcomes",
+]
 
 OUTCOME_COLUMNS: tuple[str, ...] = (
     "idx", "label", "clean", "adversarial", "robust", "l2", "linf", "time",
 )  # fmt: skip
+# after OUTCOME_COLUMNS in every log written now; optional when one is read
+PART_COLUMN = "broken_by"
+NOT_BROKEN = "-"
 _INT_COLUMNS = ("idx", "label", "clean", "adversarial", "robust")
 _FLOAT_COLUMNS = ("l2", "linf")
 # what ``robustreg.attacks.runner.run_attack`` returns and OutcomeLog records, per image
-RESULT_KEYS = ("idx", "label", "clean", "adversarial", "robust", "l2", "linf", "seconds")
+RESULT_KEYS = (
+    "idx",
+    "label",
+    "clean",
+    "adversarial",
+    "robust",
+    "l2",
+    "linf",
+    "seconds",
+    PART_COLUMN,
+)
+_PART = re.compile(r"[a-z0-9_-]+")
 
 
 class OutcomeLog(ResumableLog):
@@ -74,7 +100,11 @@ class OutcomeLog(ResumableLog):
 
 def _record(row: Sequence) -> dict:
     return {
-        key: int(value) if key in _INT_COLUMNS else float(value)
+        key: int(value)
+        if key in _INT_COLUMNS
+        else str(value)
+        if key == PART_COLUMN
+        else float(value)
         for key, value in zip(RESULT_KEYS, row, strict=True)
     }
 
@@ -86,23 +116,27 @@ def _check_record(record: object) -> None:
         raise ValueError("idx, label, clean, adversarial and robust must be integers")
     if not all(is_number(record[key]) and record[key] >= 0 for key in ("l2", "linf", "seconds")):
         raise ValueError("l2, linf and seconds must be numbers >= 0")
+    if not isinstance(record[PART_COLUMN], str) or not _PART.fullmatch(record[PART_COLUMN]):
+        raise ValueError(f"{PART_COLUMN} must name an attack, or be {NOT_BROKEN}")
 
 
 def write_outcomes(path: str | os.PathLike, result: Mapping[str, np.ndarray]) -> None:
-    """The outcome log: tab-separated ``OUTCOME_COLUMNS``, one row per image, floats written
-    with ``repr`` (they read back exactly), time as certify.tsv's str(datetime.timedelta)."""
-    lines = ["\t".join(OUTCOME_COLUMNS)]
+    """The outcome log: tab-separated ``OUTCOME_COLUMNS`` and ``PART_COLUMN``, one row per
+    image, floats written with ``repr`` (they read back exactly), time as certify.tsv's
+    str(datetime.timedelta)."""
+    lines = ["\t".join([*OUTCOME_COLUMNS, PART_COLUMN])]
     for row in zip(*(result[key] for key in RESULT_KEYS), strict=True):
-        *ints, l2, linf, seconds = row
+        *ints, l2, linf, seconds, part = row
         elapsed = str(datetime.timedelta(seconds=float(seconds)))
         fields = [str(int(v)) for v in ints] + [repr(float(l2)), repr(float(linf)), elapsed]
-        lines.append("\t".join(fields))
+        lines.append("\t".join([*fields, str(part)]))
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def read_outcomes(path: str | os.PathLike) -> pd.DataFrame:
     """An outcome log as a frame: ``OUTCOME_COLUMNS``, the integers as int64, l2, linf and time
-    (seconds) as float64. One-line ValueErrors name the file (and the column)."""
+    (seconds) as float64, and ``PART_COLUMN`` (strings) where the log has it. One-line
+    ValueErrors name the file (and the column)."""
     import pandas as pd
 
     from robustreg.certify import parse_seconds
@@ -140,4 +174,9 @@ def read_outcomes(path: str | os.PathLike) -> pd.DataFrame:
             ) from None
     if not columns["robust"].isin([0, 1]).all():
         raise ValueError(f"{name}: column 'robust' must be 0 or 1")
+    if PART_COLUMN in frame.columns:
+        parts = frame[PART_COLUMN]
+        if not parts.map(lambda v: bool(_PART.fullmatch(v))).all():
+            raise ValueError(f"{name}: column {PART_COLUMN!r} must name an attack, or be -")
+        columns[PART_COLUMN] = parts
     return pd.DataFrame(columns)

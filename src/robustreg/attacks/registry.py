@@ -172,6 +172,12 @@ class Attack:
         (``implements``), which ``build_attack`` returns."""
         raise NotImplementedError(f"attack {self.kind}: only build_attack's attacks run")
 
+    def perturb_parts(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, list | None]:
+        """``perturb``'s points, and for a kind made of several attacks (AutoAttack's cascade)
+        the name of the part whose point each image got ("" where none broke it); None for a
+        kind of one part."""
+        return self.perturb(model, x, y), None
+
 
 @dataclass(frozen=True, kw_only=True)
 class _Threat(Attack):
@@ -368,15 +374,19 @@ class CarliniWagnerLinfSettings(_Threat):
 @register
 @dataclass(frozen=True, kw_only=True)
 class AutoAttackSettings(_Threat):
-    """Croce & Hein's AutoAttack, run by ``pyautoattack``: a third-party repackaging of the
-    authors' fra31/auto-attack, not a release of theirs (pyautoattack 0.2.0's attack files equal
-    that repository's at commit a392200 apart from imports; attack.json records it as
-    ``upstream``). ``version`` standard (APGD-CE, APGD-T, FAB-T, Square), plus, rand, or custom
-    with ``attacks`` (and optionally ``n_iter``, the iterations of APGD and FAB, default 100).
-    Seeded from torch's RNG, which the runner seeds per batch."""
+    """Croce & Hein's AutoAttack, run by their own package ``autoattack`` when it is installed,
+    else by ``pyautoattack``: a third-party repackaging of the authors' fra31/auto-attack, not a
+    release of theirs (pyautoattack 0.2.0's attack files equal that repository's at commit
+    a392200 apart from imports; attack.json records it as ``upstream``). The outcome log
+    names, per image, the sub-attack that broke it. ``version`` standard (APGD-CE, APGD-T,
+    FAB-T, Square), plus, rand, or custom with ``attacks`` (and optionally ``n_iter``, the
+    iterations of APGD and FAB, default 100). Seeded from torch's RNG, which the runner seeds
+    per batch."""
 
     kind: ClassVar[str] = "autoattack"
     distribution: ClassVar[str] = "pyautoattack"
+    # 2: run one sub-attack at a time, each image credited to the one that broke it
+    revision: ClassVar[int] = 2
     upstream: ClassVar[dict[str, str]] = {"0.2.0": "fra31/auto-attack@a392200"}
     version: str = setting("standard", need=one_of("standard", "plus", "rand", "custom"))
     attacks: tuple[str, ...] = setting(

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from robustreg.attacks.outcomes import RESULT_KEYS
+from robustreg.attacks.outcomes import NOT_BROKEN, PART_COLUMN, RESULT_KEYS
 from robustreg.attacks.registry import Attack
 from robustreg.attacks.threat import threat_tolerance
 from robustreg.io import image_ids
@@ -111,8 +111,10 @@ def _inside(x: Tensor, points: Tensor, threat: tuple[str, float]) -> Tensor:
 
 def _attack_batch(
     model: nn.Module, attack: Attack, x: Tensor, y: Tensor, seed: int
-) -> tuple[dict[str, Tensor], Tensor]:
-    """Outcomes of one batch on the model's device, and the points kept."""
+) -> tuple[dict[str, Tensor], Tensor, np.ndarray]:
+    """Outcomes of one batch on the model's device, the points kept, and what broke each image
+    (``PART_COLUMN``: the part of the attack that ``Attack.perturb_parts`` names, else the
+    kind; ``NOT_BROKEN`` for an image not broken)."""
     with torch.no_grad():
         logits = model(x)
     classes = logits.shape[1]
@@ -126,9 +128,14 @@ def _attack_batch(
     robust = correct
     kept = x.clone()
     adversarial = clean.clone()
+    named = np.full(x.shape[0], attack.kind, dtype=object)
     if attack.threat is not None and bool(correct.any()):
         with _seeded(seed, x.device):
-            points = attack.perturb(model, x[correct], y[correct]).detach().to(x.dtype)
+            points, parts = attack.perturb_parts(model, x[correct], y[correct])
+        points = points.detach().to(x.dtype)
+        if parts is not None:
+            at = correct.nonzero().flatten().cpu().numpy()
+            named[at] = [part or attack.kind for part in parts]
         inside = _inside(x[correct], points, attack.threat)
         if not bool(inside.all()):
             print(
@@ -154,7 +161,8 @@ def _attack_batch(
         "l2": diff.norm(dim=1),
         "linf": diff.abs().amax(1),
     }
-    return outcome, kept
+    broken = (correct & ~robust).cpu().numpy()
+    return outcome, kept, np.where(broken, named, NOT_BROKEN)
 
 
 def run_attack(
@@ -190,7 +198,8 @@ def run_attack(
     (prediction at the kept point, = clean where nothing was attacked), robust (1 if the label
     is among the ``attack.top_k`` largest logits at both; for top_k = 1 both predictions are
     the label), l2 and linf (norms of kept point - x, float64), seconds (the batch's wall time
-    shared evenly). A minimal attack's rows read as ``robustreg.attacks.outcomes`` says.
+    shared evenly), broken_by (``PART_COLUMN``, strings: what broke the image). A minimal
+    attack's rows read as ``robustreg.attacks.outcomes`` says.
     ``return_points`` adds ``points`` [N, C, H, W] float32, the kept points (only without
     ``done``).
     """
@@ -207,6 +216,7 @@ def run_attack(
         "label": label,
         **{key: np.zeros(num, dtype=np.int64) for key in ("clean", "adversarial", "robust")},
         **{key: np.zeros(num, dtype=np.float64) for key in ("l2", "linf", "seconds")},
+        PART_COLUMN: np.full(num, NOT_BROKEN, dtype=object),
     }
     known = _fill_done(result, done) if done is not None else np.zeros(num, dtype=bool)
     batches = [(a, min(a + batch_size, num)) for a in range(0, num, batch_size)]
@@ -219,11 +229,12 @@ def run_attack(
             t0 = time.perf_counter()
             batch = as_unit_float(images[start:stop]).to(device)
             labels = torch.as_tensor(label[start:stop], device=device)
-            outcome, kept = _attack_batch(
+            outcome, kept, parts = _attack_batch(
                 model, attack, batch, labels, batch_seed(seed, idx[start])
             )
             for key, value in outcome.items():
                 result[key][start:stop] = value.cpu().numpy()
+            result[PART_COLUMN][start:stop] = parts
             if points is not None:
                 points[start:stop] = kept.cpu().numpy()
             # .cpu() waited for the device, so this is the batch's real wall time

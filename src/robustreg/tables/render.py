@@ -281,6 +281,8 @@ def _outcome_texts(
             raise fail(f"unknown column {key!r} (columns: {known})")
         if key in row.not_evaluated:
             raise fail(f"column {key!r} is not evaluated for row {row.key!r}, as in the paper")
+        if spec.column(str(key)).of:
+            raise fail(f"column {key!r} is a worst case over other columns; it has no file")
         if not isinstance(text, str) or not text.strip():
             raise fail(f"{key}: expected a path, got {text!r}")
     return {str(k): v for k, v in value.items()}
@@ -431,13 +433,66 @@ def _log_values(log: pd.DataFrame, path: Path, spec: TableSpec) -> list[float]:
 
 def _outcome_values(cell: Cell, logs: dict[Path, pd.DataFrame], spec: TableSpec) -> list[float]:
     """Robust accuracy per column: the fraction of attacked images still classified
-    correctly (``robust`` of the column's outcome file); NaN for a column without one."""
+    correctly (``robust`` of the column's outcome file); NaN for a column without one. A
+    worst-case column: the fraction robust under every attack of its columns (``worst_case``)."""
     out = []
     for column in spec.columns:
-        path = cell.outcomes.get(column.key)
-        value = math.nan if path is None else float(logs[path]["robust"].mean())
+        if column.of:
+            paths = [cell.outcomes[k] for k in column.of if k in cell.outcomes]
+            value = worst_case(paths, [logs[p] for p in paths]) if paths else math.nan
+        else:
+            path = cell.outcomes.get(column.key)
+            value = math.nan if path is None else float(logs[path]["robust"].mean())
         out.append(value * 100.0 if column.percent else value)
     return out
+
+
+def worst_case(paths: list[Path], logs: list[pd.DataFrame]) -> float:
+    """The fraction of images robust under every one of ``logs`` (outcome logs of the same
+    images, matched by idx): an image counts only if it survives each attack."""
+    order = np.sort(logs[0]["idx"].to_numpy())
+    robust = np.ones(order.size, dtype=bool)
+    for path, log in zip(paths, logs, strict=True):
+        by_idx = log.set_index("idx")["robust"]
+        if by_idx.index.size != order.size or not np.array_equal(np.sort(by_idx.index), order):
+            raise ValueError(
+                f"{path}: holds other images than {paths[0]}; a worst case needs the same ones"
+            )
+        robust &= by_idx.loc[order].to_numpy() == 1
+    return float(robust.mean())
+
+
+def _attack_notes(cells: CellsFile, reader: Reader) -> list[str]:
+    """What the outcome logs of an attacks table say beyond its numbers: the rows whose
+    worst-case columns leave out a column (not evaluated, or no file), and each cell where
+    AutoAttack's Square broke images (``PART_COLUMN``), which its gradient-based attacks had
+    left robust before it in the cascade: the sign of gradient masking AutoAttack exists to
+    show (Croce & Hein 2020, section 5)."""
+    from robustreg.attacks.outcomes import PART_COLUMN
+
+    spec = cells.spec
+    notes = []
+    for cell in cells.cells:
+        label = spec.row(cell.row).labels[cell.group]
+        for column in spec.columns:
+            left_out = [spec.column(k).label for k in column.of if k not in cell.outcomes]
+            if left_out and len(left_out) < len(column.of):
+                notes.append(
+                    f"{label}, {column.label}: over the attacks evaluated, without "
+                    f"{', '.join(left_out)}."
+                )
+            path = cell.outcomes.get(column.key)
+            if path is None:
+                continue
+            log = reader.outcomes(path)
+            square = int((log[PART_COLUMN] == "square").sum()) if PART_COLUMN in log else 0
+            if square:
+                notes.append(
+                    f"{label}, {column.label}: Square, AutoAttack's gradient-free attack, broke "
+                    f"{square} of {len(log)} images that its gradient-based attacks had left "
+                    "robust, a sign of gradient masking."
+                )
+    return notes
 
 
 # ------------------------------------------------------------------------------ highlight rules
@@ -944,7 +999,11 @@ def _context(cells: CellsFile, frame: pd.DataFrame, reader: Reader) -> dict[str,
         for row in spec.rows
         if row.cited
     ]
-    measured = reader.notes(spec, cells.cells) if spec.values_from == ROBUSTNESS else []
+    measured = []
+    if spec.values_from == ROBUSTNESS:
+        measured = reader.notes(spec, cells.cells)
+    elif spec.values_from == ATTACKS:
+        measured = _attack_notes(cells, reader)
     banner = cells.banner
     if spec.settings:
         default_banner = (

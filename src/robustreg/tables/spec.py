@@ -59,6 +59,12 @@ Table schema (``<name>.yaml``)::
         #   metric robust_accuracy: the fraction of attacked test images still classified
         #   correctly, from the attack outcome file the cells file gives for this column (a
         #   benign-accuracy column is one whose attack is 'none'). No aggregate.
+      # - {key: worst, label: "Worst case", metric: worst_case_accuracy, of: [pgd20, cw],
+        #   decimals: 2, percent: true}
+        #   metric worst_case_accuracy: the fraction of test images robust under every attack
+        #   of the robust_accuracy columns ``of`` names (per image, from their outcome files;
+        #   a row's columns not evaluated or without a file are left out, and a note names
+        #   them). It has no outcome file of its own in the cells file.
       # - {key: emp2, label: "ε = 2/255", metric: empirical_error, norm: linf, eps: 0.00784}
         #   robustness metrics (Finlay & Oberman's tables; robustreg.tables.robustness), each
         #   a fraction or a number from the files the cells file gives for the column:
@@ -168,6 +174,7 @@ METRICS: dict[str, tuple[str, ...]] = {
     "certified_error": ("radius",),
     SETTING: ("param",),
     "robust_accuracy": (),
+    "worst_case_accuracy": ("of",),
     # robustness tables (Finlay & Oberman): see robustreg.tables.robustness
     "clean_error": (),
     "empirical_error": ("norm", "eps"),
@@ -184,6 +191,7 @@ ROBUSTNESS = "robustness"
 SOURCES = {
     SETTING: "settings",
     "robust_accuracy": ATTACKS,
+    "worst_case_accuracy": ATTACKS,
     **dict.fromkeys(
         (
             "clean_error",
@@ -255,6 +263,7 @@ _COLUMN_KEYS = {
     "eps",
     "bound",
     "statistic",
+    "of",
 }
 _NOT_FOR_SETTINGS = ("percent", "better", "aggregate")
 _ROW_KEYS = {"key", "label", "groups", "baseline", "paper", "not_evaluated", "cited"}
@@ -336,6 +345,7 @@ class ColumnSpec:
     eps: float | None = None  # robustness columns: the distance a rate or omega is read at
     bound: str | None = None  # bound columns: l (L-bound) or omega (omega-bound)
     statistic: str | None = None  # gradient_norm columns: mean or max over images
+    of: tuple[str, ...] = ()  # worst_case_accuracy columns: the attack columns it combines
 
 
 @dataclass(frozen=True)
@@ -839,9 +849,30 @@ def _parse_columns(c: _Checker, obj: Any) -> tuple[ColumnSpec, ...]:
                 eps=eps,
                 bound=bound,
                 statistic=statistic,
+                of=_of(c, col.get("of"), f"{where}.of"),
             )
         )
+    attack_columns = {o.key for o in out if o.metric == "robust_accuracy"}
+    for i, column in enumerate(out):
+        for key_ in column.of:
+            if key_ not in attack_columns:
+                raise c.fail(
+                    f"columns[{i}].of",
+                    f"{key_!r} is not a robust_accuracy column of this table "
+                    f"(those: {', '.join(sorted(attack_columns)) or 'none'})",
+                )
     return tuple(out)
+
+
+def _of(c: _Checker, obj: Any, where: str) -> tuple[str, ...]:
+    if obj is None:
+        return ()
+    if not isinstance(obj, list) or len(obj) < 2:
+        raise c.fail(where, f"expected a list of at least two column keys, got {obj!r}")
+    keys = tuple(c.string(str(k), f"{where}[{i}]") for i, k in enumerate(obj))
+    if len(set(keys)) != len(keys):
+        raise c.fail(where, f"a column is named twice in {list(keys)}")
+    return keys
 
 
 def _parse_rows(
