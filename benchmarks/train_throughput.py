@@ -62,10 +62,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from robustreg.architectures import has_batch_statistics
 from robustreg.data import save_split
 from robustreg.integrity import first_line
 from robustreg.models import create_model
-from robustreg.objectives import build_objective, uses_sigma
+from robustreg.objectives import build_objective, for_experiment, uses_sigma
 from robustreg.optim import build_optimizer
 from robustreg.train import device_name, train
 
@@ -282,12 +283,23 @@ def train_rate(
 
 def paper_rows(smoke: bool) -> dict[str, tuple[str, float | None, dict, str]]:
     """method family -> (method, sigma, params, where from) of its config.yaml row."""
-    tables = yaml.safe_load(CONFIG.read_text())["tables"]
+    config = yaml.safe_load(CONFIG.read_text())
+    tables = config["tables"]
     rows = {}
     for family, (table, name) in ROWS.items():
         row = tables[table]["rows"][name]
-        method, params = row["method"], dict(row.get("params", {}))
+        method = row["method"]
         sigma = (row.get("sigmas") or tables[table]["sigmas"])[0] if uses_sigma(method) else None
+        # epoch counts tied to the row's schedule (SmoothAdv's "10/150" warm-up) as numbers
+        schedule = config["schedules"][row.get("schedule", tables[table]["schedule"])]
+        arch = row.get("arch", tables[table]["arch"])
+        params, _ = for_experiment(
+            method,
+            dict(row.get("params", {})),
+            sigma,
+            schedule,
+            batch_statistics=has_batch_statistics(arch),
+        )
         where = f"config.yaml tables.{table}.rows.{name}"
         if method == "macer":
             params["deferred_epochs"] = 0

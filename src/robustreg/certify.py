@@ -219,8 +219,32 @@ def average_certified_radius(radius: ArrayLike, correct: ArrayLike) -> float:
 
     Wrong predictions and abstentions contribute 0.
     """
+    return float(np.mean(certified_terms(radius, correct)))
+
+
+def paired_difference(ours: ArrayLike, theirs: ArrayLike) -> tuple[float, float]:
+    """mean(ours - theirs) over paired observations, and its standard error
+
+        SE = sd(d, ddof=1) / sqrt(N),    d_i = ours_i - theirs_i,
+
+    the paired t-test's (``scipy.stats.ttest_rel`` has statistic mean / SE). Paired: the same
+    test images (per-image certified radii, 0 where wrong or abstained: ACR's terms) or the
+    same seeds (ACRs across seeds). A difference counts as resolved beyond 2 SE (issue 22).
+    Fewer than two pairs have no SE (nan).
+    """
+    a = np.asarray(ours, dtype=np.float64).ravel()
+    b = np.asarray(theirs, dtype=np.float64).ravel()
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"need paired values of equal non-zero length, got {a.size} and {b.size}")
+    d = a - b
+    se = float(np.std(d, ddof=1) / np.sqrt(d.size)) if d.size > 1 else math.nan
+    return float(d.mean()), se
+
+
+def certified_terms(radius: ArrayLike, correct: ArrayLike) -> np.ndarray:
+    """Each image's term of the ACR: its radius where correct, else 0."""
     radius_arr, correct_arr = _per_image(radius, correct)
-    return float(np.mean(radius_arr * (correct_arr == 1)))
+    return radius_arr * (correct_arr == 1)
 
 
 def _per_image(radius: ArrayLike, correct: ArrayLike) -> tuple[np.ndarray, np.ndarray]:

@@ -56,6 +56,7 @@ import yaml
 
 from robustreg.certify import average_certified_radius, certified_accuracy
 from robustreg.io import write_text_atomic
+from robustreg.tables.comparisons import comparison_notes, ordering_summary, paired_comparisons
 from robustreg.tables.logs import read_attack_outcomes, read_certification
 from robustreg.tables.robustness import Reader
 from robustreg.tables.spec import (
@@ -1000,11 +1001,19 @@ def _context(cells: CellsFile, frame: pd.DataFrame, reader: Reader) -> dict[str,
         if row.cited
     ]
     measured = []
+    banner = cells.banner
     if spec.values_from == ROBUSTNESS:
         measured = reader.notes(spec, cells.cells)
     elif spec.values_from == ATTACKS:
         measured = _attack_notes(cells, reader)
-    banner = cells.banner
+    elif not spec.settings:
+        comparisons = paired_comparisons(cells, _read_logs(cells))
+        measured = comparison_notes(spec, comparisons)
+        orderings = ordering_summary(spec, comparisons)
+        if orderings and banner:
+            banner = f"{banner} {orderings}"
+        elif orderings:
+            measured.insert(0, orderings)
     if spec.settings:
         default_banner = (
             f"Our rows are the training settings listed in {cells.path.name}; the scale "
