@@ -69,11 +69,11 @@ def test_table_notes_paired_differences_and_the_orderings_it_reproduces(tmp_path
         "+ Consistency (λ = 5) > Gaussian at σ = 1.00.**"
     ) in text
     assert (
-        "+ Consistency (λ = 5) against Gaussian, σ = 0.50: ΔACR = +0.100 ± 0.000 (paired over "
+        "+ Consistency (λ = 5) against Gaussian, σ = 0.50: ΔACR = +0.1000 ± 0.0000 (paired over "
         "200 images), beyond 2 SE."
     ) in text
     assert (
-        f"+ Consistency (λ = 1) against SmoothAdv, σ = 0.50: ΔACR = {delta:+.3f} ± {se:.3f} "
+        f"+ Consistency (λ = 1) against SmoothAdv, σ = 0.50: ΔACR = {delta:+.4f} ± {se:.4f} "
         "(paired over 200 images), within 2 SE."
     ) in text
 
@@ -92,7 +92,7 @@ def test_seeds_pair_by_seed_in_table3(tmp_path):
     render_table(path, tmp_path / "t.md", tmp_path / "t.tex")
     text = " ".join((tmp_path / "t.md").read_text().split())
     assert (
-        "+ Consistency against Gaussian, σ = 0.50: ΔACR = +0.120 ± 0.012 (paired over 3 seeds), "
+        "+ Consistency against Gaussian, σ = 0.50: ΔACR = +0.1200 ± 0.0115 (paired over 3 seeds), "
         "beyond 2 SE."
     ) in text
     # no banner (logs made elsewhere): the orderings lead the notes

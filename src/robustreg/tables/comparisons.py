@@ -120,10 +120,11 @@ def comparison_notes(spec, comparisons: list[Comparison]) -> list[str]:
     notes = []
     for c in comparisons:
         row, base, group = _labels(spec, c)
-        se = "no SE" if not math.isfinite(c.se) else f"± {c.se:.3f}"
+        # one decimal more than the tables' ACRs, so that "within 2 SE" reads off the text
+        se = "no SE" if not math.isfinite(c.se) else f"± {c.se:.4f}"
         where = "beyond" if c.resolved else "within"
         notes.append(
-            f"{row} against {base}, {group}: ΔACR = {c.delta:+.3f} {se} (paired over "
+            f"{row} against {base}, {group}: ΔACR = {c.delta:+.4f} {se} (paired over "
             f"{c.pairs} {c.unit}), {where} 2 SE."
         )
     return notes
