@@ -92,8 +92,8 @@ def test_seeds_pair_by_seed_in_table3(tmp_path):
     render_table(path, tmp_path / "t.md", tmp_path / "t.tex")
     text = " ".join((tmp_path / "t.md").read_text().split())
     assert (
-        "+ Consistency against Gaussian, σ = 0.50: ΔACR = +0.1200 ± 0.0115 (paired over 3 seeds), "
-        "beyond 2 SE."
+        "+ Consistency against Gaussian, σ = 0.50: ΔACR = +0.12000 ± 0.01155 (paired over 3 "
+        "seeds), beyond 2 SE."
     ) in text
     # no banner (logs made elsewhere): the orderings lead the notes
     assert "reproduced: + Consistency > Gaussian at σ = 0.50." in text

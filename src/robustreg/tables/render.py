@@ -1004,11 +1004,11 @@ def _context(cells: CellsFile, frame: pd.DataFrame, reader: Reader) -> dict[str,
     banner = cells.banner
     if spec.values_from == ROBUSTNESS:
         measured = reader.notes(spec, cells.cells)
-    elif spec.values_from == ATTACKS:
-        measured = _attack_notes(cells, reader)
     elif not spec.settings:
         comparisons = paired_comparisons(cells, _read_logs(cells))
         measured = comparison_notes(spec, comparisons)
+        if spec.values_from == ATTACKS:
+            measured += _attack_notes(cells, reader)
         orderings = ordering_summary(spec, comparisons)
         if orderings and banner:
             banner = f"{banner} {orderings}"
