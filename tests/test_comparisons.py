@@ -97,3 +97,17 @@ def test_seeds_pair_by_seed_in_table3(tmp_path):
     ) in text
     # no banner (logs made elsewhere): the orderings lead the notes
     assert "reproduced: + Consistency > Gaussian at σ = 0.50." in text
+
+
+def test_rows_labelled_by_a_bare_number_are_named_by_their_label_column(tmp_path):
+    # Table 6's rows are the values of λ: "λ = 5.0 > λ = 0.0", not "5.0 > 0.0"
+    base = np.random.default_rng(3).uniform(0.2, 1.5, 100)
+    cells = [
+        {"row": row, "sigma": 1.0, "log": _log(tmp_path / f"{row}.tsv", base + shift)}
+        for row, shift in (("lbd0", 0.0), ("lbd5", 0.2))
+    ]
+    path = tmp_path / "cells.yaml"
+    path.write_text(yaml.safe_dump({"table": "table6_mnist_lambda", "cells": cells}))
+    render_table(path, tmp_path / "t.md", tmp_path / "t.tex")
+    text = " ".join((tmp_path / "t.md").read_text().split())
+    assert "reproduced: λ = 5.0 > λ = 0.0 at σ = 1.00." in text

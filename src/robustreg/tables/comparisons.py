@@ -143,14 +143,23 @@ def _logs(cells, row: str, group: Any, column) -> list[Path]:
 def _labels(spec, c: Comparison) -> tuple[str, str, str, str]:
     """The row's and the baseline's labels, and where they are compared, as a note and as an
     ordering say it ("σ = 0.50" and "at σ = 0.50"; "ℓ2 PGD-40" and "under ℓ2 PGD-40")."""
-    row, base = spec.row(c.row), spec.row(c.baseline)
     column = spec.column(c.column)
     if column.metric == "acr":
         where = f"{spec.group.label} = {spec.group.text(c.group)}"
         ordered = f"at {where}"
     else:
         where, ordered = column.label, f"under {column.label}"
-    return row.labels[c.group], base.labels[c.group], where, ordered
+    return _name(spec, c.row, c.group), _name(spec, c.baseline, c.group), where, ordered
+
+
+def _name(spec, row: str, group: Any) -> str:
+    """The row's label, named by its label column where it is a bare number (Table 6's λ)."""
+    label = spec.row(row).labels[group]
+    try:
+        float(label)
+    except ValueError:
+        return label
+    return f"{spec.label_columns[0]} = {label}"
 
 
 def comparison_notes(spec, comparisons: list[Comparison]) -> list[str]:
