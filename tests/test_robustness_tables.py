@@ -198,6 +198,21 @@ def _write_outcomes(path, rows):
     return path
 
 
+def _bound_job_images(loss: np.ndarray, grid: int) -> dict[str, np.ndarray]:
+    """A bounds job's per-image statistics for 100 correct images: ``loss`` as given,
+    gradient norms near 1 and a flat modulus at each of ``grid`` eps (seeded draws)."""
+    rng = np.random.default_rng(0)
+    return {
+        "idx": np.arange(100),
+        "label": np.zeros(100, dtype=np.int64),
+        "correct": np.ones(100, dtype=np.int64),
+        "loss": loss,
+        "grad_norm": rng.uniform(0.9, 1.1, size=100),
+        "modulus": rng.gumbel(0.01, 0.001, size=(100, grid)),
+        "seconds": np.zeros(100),
+    }
+
+
 def _write_model(path, seconds: float):
     import json
 
@@ -250,16 +265,7 @@ def test_robustness_table_renders_our_values_from_outcomes_bounds_and_model(tmp_
     assert f"- Double backpropagation, Dataset = CIFAR-10: `clean, emp2, emp8: {pgd}, {cw}`" in md
 
     # a bounds job: 10 images, loss gaps 1..10 with gradient norm 1, a flat modulus
-    rng = np.random.default_rng(0)
-    per_image = {
-        "idx": np.arange(100),
-        "label": np.zeros(100, dtype=np.int64),
-        "correct": np.ones(100, dtype=np.int64),
-        "loss": -np.linspace(0.1, 2.0, 100),
-        "grad_norm": rng.uniform(0.9, 1.1, size=100),
-        "modulus": rng.gumbel(0.01, 0.001, size=(100, 6)),
-        "seconds": np.zeros(100),
-    }
+    per_image = _bound_job_images(-np.linspace(0.1, 2.0, 100), grid=6)
     eps = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
     summary = bound_summary(per_image, eps=eps, block=10) | {"norm": "l2", "eps": eps}
     write_bounds(tmp_path / "bounds", per_image, summary)
@@ -320,16 +326,8 @@ def test_a_bound_certifying_past_an_attacks_point_is_noted(tmp_path):
     from robustreg.bounds import bound_summary, write_bounds
     from robustreg.tables.render import render_table
 
-    rng = np.random.default_rng(0)
-    per_image = {
-        "idx": np.arange(100),
-        "label": np.zeros(100, dtype=np.int64),
-        "correct": np.ones(100, dtype=np.int64),
-        "loss": np.full(100, -1.0),  # gap 1 and gradient norms near 1: L-bound near 1
-        "grad_norm": rng.uniform(0.9, 1.1, size=100),
-        "modulus": rng.gumbel(0.01, 0.001, size=(100, 2)),
-        "seconds": np.zeros(100),
-    }
+    # gap 1 and gradient norms near 1: L-bound near 1
+    per_image = _bound_job_images(np.full(100, -1.0), grid=2)
     eps = [0.5, 1.0]
     summary = bound_summary(per_image, eps=eps, block=10) | {"norm": "l2", "eps": eps}
     write_bounds(tmp_path / "bounds", per_image, summary)
@@ -355,16 +353,7 @@ def test_heavy_tailed_fits_and_raised_omegas_are_noted(tmp_path):
     from robustreg.bounds import bound_summary, write_bounds
     from robustreg.tables.render import render_table
 
-    rng = np.random.default_rng(0)
-    per_image = {
-        "idx": np.arange(100),
-        "label": np.zeros(100, dtype=np.int64),
-        "correct": np.ones(100, dtype=np.int64),
-        "loss": -np.linspace(0.1, 2.0, 100),
-        "grad_norm": rng.uniform(0.9, 1.1, size=100),
-        "modulus": rng.gumbel(0.01, 0.001, size=(100, 2)),
-        "seconds": np.zeros(100),
-    }
+    per_image = _bound_job_images(-np.linspace(0.1, 2.0, 100), grid=2)
     eps = [0.5, 1.0]
     summary = bound_summary(per_image, eps=eps, block=10) | {"norm": "l2", "eps": eps}
     summary["gev"]["lipschitz"]["c"] = -0.3

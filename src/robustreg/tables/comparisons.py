@@ -93,18 +93,15 @@ def _paper_value(row, group: Any, position: int) -> float | None:
 
 def _compared(spec) -> list[tuple[int, Any]]:
     """(position, column) of the columns compared: a results table's ACR, an attacks table's
-    attack columns (not a worst case, whose images are not one log's)."""
-    return [
-        (i, c)
-        for i, c in enumerate(spec.columns)
-        if c.metric == "acr" or (c.metric == "robust_accuracy" and not c.of)
-    ]
+    attack columns (a worst case's images are not one log's)."""
+    return [(i, c) for i, c in enumerate(spec.columns) if c.metric in ("acr", "robust_accuracy")]
 
 
 def paired_comparisons(cells, logs: dict[Path, pd.DataFrame]) -> list[Comparison]:
     """Every (row with a baseline, group, compared column) whose cell and its baseline's can
     be paired (same images, or as many seeds), in the spec's order."""
     spec = cells.spec
+    by_cell = {(c.row, c.group): c for c in cells.cells}
     out = []
     for row in spec.rows:
         if row.baseline is None:
@@ -112,7 +109,9 @@ def paired_comparisons(cells, logs: dict[Path, pd.DataFrame]) -> list[Comparison
         base_row = spec.row(row.baseline)
         for group in spec.group.values:
             for position, column in _compared(spec):
-                ours, base = (_logs(cells, key, group, column) for key in (row.key, base_row.key))
+                ours, base = (
+                    _logs(by_cell.get((k, group)), column) for k in (row.key, row.baseline)
+                )
                 paired = _pair(ours, base, logs) if ours and base else None
                 if paired is None:
                     continue
@@ -129,15 +128,14 @@ def paired_comparisons(cells, logs: dict[Path, pd.DataFrame]) -> list[Comparison
     return out
 
 
-def _logs(cells, row: str, group: Any, column) -> list[Path]:
-    """The logs ``column`` reads for (row, group): its outcome log in an attacks table, the
-    certification logs (one per seed) in a results table."""
-    for cell in cells.cells:
-        if cell.row == row and cell.group == group:
-            if column.metric == "acr":
-                return list(cell.logs)
-            return [cell.outcomes[column.key]] if column.key in cell.outcomes else []
-    return []
+def _logs(cell, column) -> list[Path]:
+    """The logs ``column`` reads in ``cell`` (None: no cell): its outcome log in an attacks
+    table, the certification logs (one per seed) in a results table."""
+    if cell is None:
+        return []
+    if column.metric == "acr":
+        return list(cell.logs)
+    return [cell.outcomes[column.key]] if column.key in cell.outcomes else []
 
 
 def _labels(spec, c: Comparison) -> tuple[str, str, str, str]:

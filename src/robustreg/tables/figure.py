@@ -34,7 +34,6 @@ import pandas as pd
 
 from robustreg.certify import certified_accuracy
 from robustreg.io import atomic_path, write_text_atomic
-from robustreg.tables.logs import read_certification
 from robustreg.tables.render import Cell, CellsFile, environment, load_cells, sources
 from robustreg.tables.robustness import Reader, empirical_error, smallest_distances
 from robustreg.tables.spec import (
@@ -194,18 +193,21 @@ def _row_names(spec: TableSpec, pairs: list[tuple[str, Any]]) -> dict[tuple[str,
     }
 
 
-def figure_curves(figure: FigureSpec, cells: CellsFile) -> pd.DataFrame:
+def figure_curves(
+    figure: FigureSpec, cells: CellsFile, reader: Reader | None = None
+) -> pd.DataFrame:
     """Our curves. Certify figures: panel (its index), row, group, radius, ours (certified
     accuracy as a fraction), one grid per panel, reaching past the largest certified radius
     of the panel's plotted logs. Robustness figures: panel, row, group, eps, ours (% error),
     the points of ``error_curve`` up to the panel's eps_max."""
+    reader = reader or Reader()  # reads each log once, though a log may serve two panels
     if figure.draws == ROBUSTNESS:
-        return _error_curves(figure, cells)
+        return _error_curves(figure, cells, reader)
     logs = {(c.row, c.group): c.logs[0] for c in cells.cells if c.row in figure.rows}
     records = []
     for index, panel in enumerate(_panels(figure, cells.spec)):
         plotted = {
-            (line.row, line.group): read_certification(logs[line.row, line.group])
+            (line.row, line.group): reader.certification(logs[line.row, line.group])
             for line in panel.lines
             if (line.row, line.group) in logs
         }
@@ -222,11 +224,10 @@ def figure_curves(figure: FigureSpec, cells: CellsFile) -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=["panel", "row", "group", "radius", "ours"])
 
 
-def _error_curves(figure: FigureSpec, cells: CellsFile) -> pd.DataFrame:
+def _error_curves(figure: FigureSpec, cells: CellsFile, reader: Reader) -> pd.DataFrame:
     """Per panel and line, ``error_curve`` of the per-image smallest distance in the panel's
     norm over the row's logs (section 4: "the best adversarial distance on a per image
     basis, in each norm"), in percent."""
-    reader = Reader()  # reads each log once, though a row's logs may serve two panels
     by_cell = {(c.row, c.group): c for c in cells.cells}
     records = []
     for index, panel in enumerate(_panels(figure, cells.spec)):
@@ -415,7 +416,8 @@ def render_figure(
             f"{cells_path}: table: figure {fspec.name} draws table {fspec.table}, "
             f"not {cells.spec.name}"
         )
-    curves = figure_curves(fspec, cells)
+    reader = Reader()
+    curves = figure_curves(fspec, cells, reader)
     points = paper_points(fspec, cells.spec)
     fig = draw_figure(fspec, cells.spec, curves, points)
     with atomic_path(pdf) as tmp:
@@ -424,14 +426,14 @@ def render_figure(
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=150)
     context = _context(fspec, cells, points, md=md, tex=tex, pdf=pdf, png=png)
-    context["values"] = [] if fspec.draws == ROBUSTNESS else values_at_radii(fspec, cells)
+    context["values"] = [] if fspec.draws == ROBUSTNESS else values_at_radii(fspec, cells, reader)
     for kind, path in (("md", md), ("tex", tex)):
         text = environment(kind).get_template(f"figure.{kind}.j2").render(**context)
         write_text_atomic(Path(path), text)
     return curves
 
 
-def values_at_radii(figure: FigureSpec, cells: CellsFile) -> list[dict[str, Any]]:
+def values_at_radii(figure: FigureSpec, cells: CellsFile, reader: Reader) -> list[dict[str, Any]]:
     """Per plotted line of a certify figure, in panel order, our certified accuracy at the
     radii of its table's certified-accuracy columns: what a reader would otherwise read off
     the curves (Figure 2 of Feng et al.: both T-CERTIFY curves at the paper's radii).
@@ -445,7 +447,7 @@ def values_at_radii(figure: FigureSpec, cells: CellsFile) -> list[dict[str, Any]
         for line in panel.lines:
             if not radii or (line.row, line.group) not in logs:
                 continue
-            log = read_certification(logs[line.row, line.group])
+            log = reader.certification(logs[line.row, line.group])
             accuracy = certified_accuracy(log["radius"], log["correct"], np.asarray(radii))
             entries.append(
                 {

@@ -57,7 +57,6 @@ import yaml
 from robustreg.certify import average_certified_radius, certified_accuracy
 from robustreg.io import write_text_atomic
 from robustreg.tables.comparisons import comparison_notes, ordering_summary, paired_comparisons
-from robustreg.tables.logs import read_attack_outcomes, read_certification
 from robustreg.tables.robustness import Reader
 from robustreg.tables.spec import (
     ATTACKS,
@@ -364,25 +363,20 @@ METRIC_FUNCS: dict[str, Callable[[np.ndarray, np.ndarray, ColumnSpec], float]] =
 }
 
 
-def _read_logs(cells: CellsFile) -> dict[Path, pd.DataFrame]:
-    """Every log the cells file lists, each read once and checked against its job
-    (``robustreg.tables.logs``; a ValueError names a bad file)."""
+def _read_logs(cells: CellsFile, reader: Reader) -> dict[Path, pd.DataFrame]:
+    """Every log the cells file lists, checked against its job (``robustreg.tables.logs``;
+    a ValueError names a bad file), each read once for the whole table by ``reader``."""
     if cells.spec.values_from == ROBUSTNESS:
         return {}  # read per column by robustness.Reader
-    read = read_attack_outcomes if cells.spec.values_from == ATTACKS else read_certification
-    logs: dict[Path, pd.DataFrame] = {}
-    for cell in cells.cells:
-        for path in cell.logs:
-            if path not in logs:
-                logs[path] = read(path)
-    return logs
+    read = reader.outcomes if cells.spec.values_from == ATTACKS else reader.certification
+    return {path: read(path) for cell in cells.cells for path in cell.logs}
 
 
 def _our_values(cells: CellsFile, reader: Reader) -> pd.DataFrame:
     """One record per (cell, column): our value as printed (percent where asked), and for
     several logs (seeds) their mean and sample standard deviation."""
     spec = cells.spec
-    logs = _read_logs(cells)
+    logs = _read_logs(cells, reader)
     records = []
     for cell in cells.cells:
         if spec.settings:
@@ -1005,7 +999,7 @@ def _context(cells: CellsFile, frame: pd.DataFrame, reader: Reader) -> dict[str,
     if spec.values_from == ROBUSTNESS:
         measured = reader.notes(spec, cells.cells)
     elif not spec.settings:
-        comparisons = paired_comparisons(cells, _read_logs(cells))
+        comparisons = paired_comparisons(cells, _read_logs(cells, reader))
         measured = comparison_notes(spec, comparisons)
         if spec.values_from == ATTACKS:
             measured += _attack_notes(cells, reader)

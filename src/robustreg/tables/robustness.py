@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from robustreg.tables.logs import read_attack_outcomes, read_bound_files
+from robustreg.tables.logs import read_attack_outcomes, read_bound_files, read_certification
 from robustreg.tables.spec import BOUND_FILES, OUTCOME_LOGS, ColumnSpec, TableSpec, file_kind
 
 
@@ -86,6 +86,7 @@ class Reader:
 
     def __init__(self) -> None:
         self._outcomes: dict[Path, pd.DataFrame] = {}
+        self._certifications: dict[Path, pd.DataFrame] = {}
         self._bounds: dict[Path, tuple[pd.DataFrame, dict]] = {}
         self._models: dict[Path, dict] = {}
 
@@ -93,6 +94,11 @@ class Reader:
         if path not in self._outcomes:
             self._outcomes[path] = read_attack_outcomes(path)
         return self._outcomes[path]
+
+    def certification(self, path: Path) -> pd.DataFrame:
+        if path not in self._certifications:
+            self._certifications[path] = read_certification(path)
+        return self._certifications[path]
 
     def bounds(self, path: Path) -> tuple[pd.DataFrame, dict]:
         if path not in self._bounds:
