@@ -111,3 +111,18 @@ def test_rows_labelled_by_a_bare_number_are_named_by_their_label_column(tmp_path
     render_table(path, tmp_path / "t.md", tmp_path / "t.tex")
     text = " ".join((tmp_path / "t.md").read_text().split())
     assert "reproduced: λ = 5.0 > λ = 0.0 at σ = 1.00." in text
+
+
+def test_table5_compares_more_noise_samples_with_m_2(tmp_path):
+    # m = 4 and m = 8 against m = 2 (the paper's ACRs rise with m at every σ)
+    base = np.random.default_rng(4).uniform(0.2, 1.5, 100)
+    cells = [
+        {"row": row, "sigma": 1.0, "log": _log(tmp_path / f"{row}.tsv", base + shift)}
+        for row, shift in (("m2", 0.0), ("m4", 0.1), ("m8", -0.1))
+    ]
+    path = tmp_path / "cells.yaml"
+    path.write_text(yaml.safe_dump({"table": "table5_mnist_m", "cells": cells}))
+    render_table(path, tmp_path / "t.md", tmp_path / "t.tex")
+    text = " ".join((tmp_path / "t.md").read_text().split())
+    assert "reproduced: m = 4 > m = 2 at σ = 1.00. reversed: m = 8 > m = 2 at σ = 1.00." in text
+    assert "m = 4 against m = 2, σ = 1.00: ΔACR = +0.1000 ± 0.0000" in text
