@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: quick test lint gpu-check
+.PHONY: quick test lint gpu-check schema
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -27,3 +27,7 @@ lint: $(STAMP)
 # Prepares the GPU check (issue 21): wheels into .whl/, then prints the one device command.
 gpu-check: $(STAMP)
 	scripts/gpu-check prepare
+
+# The config schema, generated from the registries (tests/test_config_schema.py checks it).
+schema: $(STAMP)
+	$(VENV)/bin/python -m robustreg schema --out workflow/schemas/config.schema.yaml

@@ -23,22 +23,21 @@ from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
+from robustreg.config_schema import (
+    MAX_BATCH_SIZE,
+    MAX_CLASSES,
+    MAX_COUNT,
+    MAX_SAMPLES,
+    MAX_SEED,
+    MAX_SIDE,
+    MAX_SYNTHETIC_IMAGES,
+)
 from robustreg.integrity import file_sha256
 from robustreg.io import Expected, ResumableLog, atomic_path, write_text_atomic
 
 if TYPE_CHECKING:
     import torch
 
-# The largest values of the config schema's integer kinds (its $defs: seed, natural and count,
-# batch_size, samples, side, synthetic_images; synthetic ImageNet's classes), for the same
-# settings given here; tests/test_cli_values.py keeps the two equal.
-MAX_SEED = 2**32 - 1
-MAX_COUNT = 2**31 - 1
-MAX_BATCH_SIZE = 2**20
-MAX_SAMPLES = 10**8
-MAX_SIDE = 4096
-MAX_SYNTHETIC_IMAGES = 100_000
-MAX_CLASSES = 1000
 
 
 class _Parser(argparse.ArgumentParser):
@@ -265,6 +264,13 @@ def main(argv: list[str] | None = None) -> int:
         help="print README's Hardware and cost table (every job, whatever results/ holds)",
     )
 
+    p = sub.add_parser(
+        "schema", help="write the config's JSON schema, generated from the registries"
+    )
+    p.add_argument(
+        "--out", type=Path, help="the schema file (workflow/schemas/config.schema.yaml)"
+    )
+
     try:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # -h, or a usage error _Parser has reported
@@ -281,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         "figure": _figure,
         "index": _index,
         "cost": _cost,
+        "schema": _schema,
     }
     try:
         return commands[args.command](args)
@@ -905,6 +912,19 @@ def _cost(args) -> int:
     if not args.targets:
         raise ValueError("name a report target, e.g. reports/consistency.md")
     print(render(costs(config, args.targets, rates=rates), args.gpus))
+    return 0
+
+
+def _schema(args) -> int:
+    from robustreg.config_schema import render
+    from robustreg.io import atomic_path
+
+    text = render()
+    if args.out is None:
+        print(text, end="")
+        return 0
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(text)
     return 0
 
 

@@ -64,6 +64,9 @@ _ROW_SETUP = ("dataset", "arch", "schedule", "certify")
 # T-CERTIFY log computed from the same stored counts (no new sampling), at the paper's level
 # or with alpha split over the grid (robustreg.certify.TCERTIFY_LEVELS).
 CERTIFIERS = ("certify", "tcertify", "tcertify_bonferroni")
+# What a table shows: certified accuracies (results, the default), attack outcomes, minimum
+# distances and bounds (robustness), or its rows' training settings.
+TABLE_KINDS = ("results", "settings", "attacks", "robustness")
 
 
 class ConfigError(ValueError):
