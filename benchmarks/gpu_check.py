@@ -183,7 +183,7 @@ def environment(device: str) -> dict:
     figures["packages"] = versions
     if missing:
         figures["import_problems"] = missing
-    from robustreg.train import pick_device
+    from robustreg.devices import pick_device
 
     # cuda:0, not cuda: a bare "cuda" would hold GPU 0's lock (robustreg.gpus) for the whole
     # check, and the Snakemake step's jobs would wait for it

@@ -64,11 +64,12 @@ import yaml
 
 from robustreg.architectures import has_batch_statistics
 from robustreg.data import save_split
+from robustreg.devices import device_name
 from robustreg.integrity import first_line
 from robustreg.models import create_model
 from robustreg.objectives import build_objective, for_experiment, uses_sigma
 from robustreg.optim import build_optimizer
-from robustreg.train import device_name, train
+from robustreg.train import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "config.yaml"
 SIGMA = 0.25

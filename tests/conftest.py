@@ -233,19 +233,20 @@ def same_weights(a: Path, b: Path) -> bool:
 
 def train_killed_then_resumed(config: dict, split: Path, out_dir: Path, monkeypatch) -> Path:
     """Train ``config``, killed right after its first epoch's checkpoint, then run it again."""
+    import robustreg.checkpoints as checkpoints_module
     import robustreg.train as train_module
 
-    save = train_module.atomic_save
+    save = checkpoints_module.atomic_save
 
     def killed_after_first_epoch(obj, path):
         save(obj, path)
         if path.name == "checkpoint.pt":
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "atomic_save", killed_after_first_epoch)
+    monkeypatch.setattr(checkpoints_module, "atomic_save", killed_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_module.train(config, split, out_dir, progress=False)
-    monkeypatch.setattr(train_module, "atomic_save", save)
+    monkeypatch.setattr(checkpoints_module, "atomic_save", save)
     assert torch.load(out_dir / "checkpoint.pt", weights_only=True)["epoch"] == 0
     torch.manual_seed(123)  # whatever the global RNG holds now, the checkpoint restores it
     return train_module.train(config, split, out_dir, progress=False)

@@ -39,8 +39,8 @@ from robustreg.attacks.suite import (
 from robustreg.cli import main
 from robustreg.data import save_split
 from robustreg.io import Expected
+from robustreg.model_files import MODEL_FORMAT
 from robustreg.models import create_model
-from robustreg.train import MODEL_FORMAT
 
 K = 5  # classes of the synthetic models
 

@@ -43,8 +43,8 @@ from robustreg.bounds import (
 )
 from robustreg.cli import _selected_positions, main
 from robustreg.data import save_split
+from robustreg.model_files import MODEL_FORMAT
 from robustreg.models import create_model
-from robustreg.train import MODEL_FORMAT
 
 K = 5
 

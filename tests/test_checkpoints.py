@@ -21,6 +21,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import lenet_experiment, same_weights
 
+import robustreg.checkpoints as checkpoints_module
+import robustreg.distributed as distributed_module
 import robustreg.train as train_module
 from robustreg.cli import main
 from robustreg.data import save_split
@@ -39,7 +41,7 @@ class Killed(Exception):
 
 def killed_after(epochs: int, config: dict, split: Path, out: Path, monkeypatch) -> None:
     """A run of ``config`` stopped right after its checkpoint of epoch ``epochs``."""
-    save, written = train_module.atomic_save, []
+    save, written = checkpoints_module.atomic_save, []
 
     def killed(obj, path):
         save(obj, path)
@@ -48,7 +50,7 @@ def killed_after(epochs: int, config: dict, split: Path, out: Path, monkeypatch)
             raise Killed
 
     with monkeypatch.context() as m:
-        m.setattr(train_module, "atomic_save", killed)
+        m.setattr(checkpoints_module, "atomic_save", killed)
         with pytest.raises(Killed):
             train(config, split, out, progress=False)
 
@@ -148,14 +150,14 @@ def test_without_a_good_checkpoint_training_starts_from_scratch(
 
 def test_each_epoch_keeps_the_previous_checkpoint(tmp_path, synthetic_split, monkeypatch):
     saved = []
-    save = train_module.atomic_save
+    save = checkpoints_module.atomic_save
 
     def recording(obj, path):
         files = sorted(p.name for p in path.parent.iterdir() if not p.name.startswith("."))
         saved.append((path.name, obj.get("epoch"), files))
         save(obj, path)
 
-    monkeypatch.setattr(train_module, "atomic_save", recording)
+    monkeypatch.setattr(checkpoints_module, "atomic_save", recording)
     out = tmp_path / "run"
     train(experiment(), synthetic_split, out, progress=False)
     assert [(name, epoch) for name, epoch, _ in saved] == [
@@ -299,7 +301,7 @@ def _rank(rank: int, tmp: str) -> None:
         timeout=timedelta(seconds=60),
     )  # fmt: skip
     out = Path(tmp) / "ddp"
-    chunks, epochs = train_module._rank_chunks, []
+    chunks, epochs = distributed_module.rank_chunks, []
 
     def stopping(*args):
         epochs.append(None)
@@ -307,7 +309,7 @@ def _rank(rank: int, tmp: str) -> None:
             raise Killed
         return chunks(*args)
 
-    train_module._rank_chunks = stopping
+    distributed_module.rank_chunks = stopping
     try:
         for stop_before in (3, None, 1):
             epochs.clear()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from robustreg import cli, gpus
-from robustreg.train import NoUsableGpu, gpu_assignment, pick_device
+from robustreg.devices import NoUsableGpu, gpu_assignment, pick_device
 
 
 @pytest.fixture

@@ -30,9 +30,10 @@ from conftest import same_weights, train_killed_then_resumed
 
 from robustreg.cli import main
 from robustreg.data import save_split
+from robustreg.model_files import load_model
 from robustreg.objectives.base import REGISTRY, Objective
 from robustreg.optim import lr_schedule
-from robustreg.train import TrainingDiverged, load_model, train
+from robustreg.train import TrainingDiverged, train
 
 K = 10
 

@@ -11,6 +11,8 @@ import torch
 from conftest import same_weights, train_killed_then_resumed
 from torch import nn
 
+import robustreg.checkpoints as checkpoints_module
+import robustreg.distributed as distributed_module
 import robustreg.train as train_module
 from robustreg.data import load_split, save_split
 from robustreg.schedule import EarlyStop, holdout_positions
@@ -70,14 +72,14 @@ def scripted_scores(monkeypatch, scores) -> None:
 
 def checkpointed_weights(monkeypatch) -> list[dict]:
     """The model weights of every checkpoint written from now on, in order."""
-    saved, save = [], train_module.atomic_save
+    saved, save = [], checkpoints_module.atomic_save
 
     def recording(obj, path):
         if path.name == "checkpoint.pt":
             saved.append({k: v.clone() for k, v in obj["model"].items()})
         save(obj, path)
 
-    monkeypatch.setattr(train_module, "atomic_save", recording)
+    monkeypatch.setattr(checkpoints_module, "atomic_save", recording)
     return saved
 
 
@@ -251,6 +253,6 @@ def test_missing_key_and_multi_process_runs_are_refused(tmp_path, indexed_split,
     spec = dict(itertools.islice(EARLY_STOP.items(), 4))  # no step_size
     with pytest.raises(ValueError, match="schedule.early_stop: missing key 'step_size'"):
         EarlyStop.from_schedule({"early_stop": spec})
-    monkeypatch.setattr(train_module, "_rank_and_world", lambda processes: (0, 2))
+    monkeypatch.setattr(distributed_module, "rank_and_world", lambda processes: (0, 2))
     with pytest.raises(ValueError, match="schedule.early_stop: not supported with schedule.proc"):
         train(experiment(), indexed_split, tmp_path / "ddp", progress=False)

@@ -9,10 +9,12 @@ import pytest
 import torch
 from conftest import same_weights, train_killed_then_resumed
 
+import robustreg.distributed as distributed_module
 import robustreg.train as train_module
+from robustreg.model_files import load_model
 from robustreg.optim import EntropySGD, build_optimizer
 from robustreg.schedule import check_schedule
-from robustreg.train import TrainingDiverged, load_model, train
+from robustreg.train import TrainingDiverged, train
 
 
 def quadratic(w: torch.Tensor, h: float = 2.0) -> torch.Tensor:
@@ -269,7 +271,7 @@ def test_schedule_errors_name_the_key(tmp_path, synthetic_split, monkeypatch):
         run(entropy_sgd={"L": 5})
     with pytest.raises(ValueError, match=r"schedule.entropy_sgd.langevin_steps: need"):
         run(entropy_sgd={"langevin_steps": 0})
-    monkeypatch.setattr(train_module, "_rank_and_world", lambda processes: (0, 2))
+    monkeypatch.setattr(distributed_module, "rank_and_world", lambda processes: (0, 2))
     with pytest.raises(ValueError, match="schedule.optimizer: not supported with schedule.proc"):
         run()
 

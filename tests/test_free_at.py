@@ -20,10 +20,12 @@ from conftest import lenet_experiment, same_weights, train_killed_then_resumed
 from scipy.special import softmax
 from torch import nn
 
-import robustreg.train as train_module
+import robustreg.checkpoints as checkpoints_module
+from robustreg.devices import device_name
+from robustreg.model_files import MODEL_FORMAT, training_record
 from robustreg.objectives import StepContext, build_objective
 from robustreg.schedule import EarlyStop
-from robustreg.train import MODEL_FORMAT, device_name, train, training_record
+from robustreg.train import train
 
 EPS = 8 / 255
 SHAPE = (2, 3, 3)  # channels, height, width of the linear model's images
@@ -206,14 +208,14 @@ def test_the_loop_takes_m_optimizer_steps_per_batch(tmp_path, synthetic_split, m
 def test_a_resumed_run_goes_on_from_the_checkpointed_delta(tmp_path, synthetic_split, monkeypatch):
     config = experiment(m=2, epochs=3)
     full = train(config, synthetic_split, tmp_path / "full", progress=False)
-    save, kept = train_module.atomic_save, []
+    save, kept = checkpoints_module.atomic_save, []
 
     def recording(obj, path):
         if path.name == "checkpoint.pt":
             kept.append(obj["objective_state"]["delta"].clone())
         save(obj, path)
 
-    monkeypatch.setattr(train_module, "atomic_save", recording)
+    monkeypatch.setattr(checkpoints_module, "atomic_save", recording)
     resumed = train_killed_then_resumed(config, synthetic_split, tmp_path / "resumed", monkeypatch)
     # the delta of the first epoch: one batch-shaped tensor, in the ball, not zero, so a
     # resumed run that started it from zero again would train other weights

@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from robustreg import gpus
+from robustreg.devices import pick_device
 from robustreg.gpus import NoGpuVisible, UnsafeLockDir, claim_device, visible_devices
-from robustreg.train import pick_device
 
 # Claims a device (waiting for the start file, if named, so that the claims overlap), prints
 # {"position", "key"} or null (none free within TEST_TIMEOUT), then holds it until stdin closes.

@@ -14,8 +14,8 @@ from snakemake.utils import update_config
 
 from robustreg.attacks.suite import read_outcomes
 from robustreg.bounds import read_bounds
+from robustreg.model_files import training_record
 from robustreg.plan import make_plan, validate_config
-from robustreg.train import training_record
 
 TARGET = "reports/gradreg.md"
 TABLES = ("table1_gradreg", "table2_gradreg")

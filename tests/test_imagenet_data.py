@@ -26,8 +26,8 @@ from robustreg.data import (
     prepare_imagenet,
     split_size,
 )
+from robustreg.model_files import MODEL_FORMAT
 from robustreg.models import Normalize, create_model
-from robustreg.train import MODEL_FORMAT
 
 # Created out of order, so that the index must sort them; label = position in sorted order.
 CLASSES = ("n03", "n01", "n02")

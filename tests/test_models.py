@@ -12,10 +12,11 @@ from torch import nn
 
 from robustreg.architectures import BATCH_STATISTICS
 from robustreg.data import prepare_cifar10
+from robustreg.model_files import load_model
 from robustreg.models import Normalize, architectures, create_model
 from robustreg.models.cifar_resnet import CifarResNet
 from robustreg.models.registry import register_model
-from robustreg.train import load_model, train
+from robustreg.train import train
 
 
 def weighted_layers(model: nn.Module) -> int:

@@ -10,6 +10,8 @@ import pytest
 import torch
 from conftest import lenet_experiment, same_weights, train_killed_then_resumed
 
+import robustreg.checkpoints as checkpoints_module
+import robustreg.distributed as distributed_module
 import robustreg.objectives.mma as mma_module
 import robustreg.train as train_module
 from robustreg.data import save_split
@@ -109,13 +111,13 @@ def test_killed_mma_run_resumes_with_its_memory(tmp_path, indexed_split, monkeyp
     """The checkpoint holds the memory (model.pt does not); a run killed after epoch 1 and
     resumed equals an uninterrupted one, and one resumed with a fresh memory does not."""
     full = train(experiment(), indexed_split, tmp_path / "full", progress=False)
-    saved, save = [], train_module.atomic_save
+    saved, save = [], checkpoints_module.atomic_save
 
     def recording(obj, path):
         saved.append((path.name, obj))
         save(obj, path)
 
-    monkeypatch.setattr(train_module, "atomic_save", recording)
+    monkeypatch.setattr(checkpoints_module, "atomic_save", recording)
     resumed = train_killed_then_resumed(
         experiment(), indexed_split, tmp_path / "resumed", monkeypatch
     )
@@ -155,14 +157,14 @@ def test_stateless_objectives_see_indices_but_no_state(tmp_path, indexed_split, 
 
         return Recording()
 
-    saved, save = [], train_module.atomic_save
+    saved, save = [], checkpoints_module.atomic_save
 
     def saving(obj, path):
         saved.append(obj)
         save(obj, path)
 
     monkeypatch.setattr(train_module, "build_objective", recording)
-    monkeypatch.setattr(train_module, "atomic_save", saving)
+    monkeypatch.setattr(checkpoints_module, "atomic_save", saving)
     train(experiment("gaussian", epochs=1), indexed_split, tmp_path / "run", progress=False)
     assert sorted(i for indices, *_ in contexts for i in indices) == list(range(40))
     assert all(
@@ -174,7 +176,7 @@ def test_stateless_objectives_see_indices_but_no_state(tmp_path, indexed_split, 
 def test_multi_process_runs_of_a_method_with_state_are_refused(
     tmp_path, indexed_split, monkeypatch
 ):
-    monkeypatch.setattr(train_module, "_rank_and_world", lambda processes: (0, 2))
+    monkeypatch.setattr(distributed_module, "rank_and_world", lambda processes: (0, 2))
     with pytest.raises(
         ValueError, match="^schedule.processes: method 'mma' keeps per-example state, not supp"
     ):

@@ -24,9 +24,9 @@ from conftest import killed_after_first_append, same_weights
 from robustreg.cli import main
 from robustreg.data import save_split
 from robustreg.io import Expected
+from robustreg.model_files import MODEL_FORMAT
 from robustreg.models import create_model
 from robustreg.smoothing import ProgressLog, certify_counts
-from robustreg.train import MODEL_FORMAT
 
 K = 10
 IDENTITY = {"model_sha256": "ab12", "sigma": 0.5, "n0": 20, "n": 130, "batch_size": 64}

@@ -218,7 +218,7 @@ def _write_model(path, seconds: float):
 
     import torch
 
-    from robustreg.train import MODEL_FORMAT
+    from robustreg.model_files import MODEL_FORMAT
 
     path.parent.mkdir(parents=True, exist_ok=True)
     config = {"schedule": {"epochs": 3}}

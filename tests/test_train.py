@@ -11,7 +11,8 @@ from conftest import lenet_experiment, same_weights, train_killed_then_resumed
 
 from robustreg.cli import main
 from robustreg.data import DataUnavailable, load_split, prepare_mnist
-from robustreg.train import TrainingDiverged, load_model, train
+from robustreg.model_files import load_model
+from robustreg.train import TrainingDiverged, train
 
 
 def experiment(**schedule) -> dict:

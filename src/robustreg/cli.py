@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     import torch
 
 
-
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line, ``robustreg <command>: error: ...``, as every other error."""
 
@@ -267,9 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser(
         "schema", help="write the config's JSON schema, generated from the registries"
     )
-    p.add_argument(
-        "--out", type=Path, help="the schema file (workflow/schemas/config.schema.yaml)"
-    )
+    p.add_argument("--out", type=Path, help="the schema file (workflow/schemas/config.schema.yaml)")
 
     try:
         args = parser.parse_args(argv)
@@ -340,7 +337,7 @@ def _selection_args(p: argparse.ArgumentParser, verb: str) -> None:
 def _setup_device(args) -> torch.device:
     import torch
 
-    from robustreg.train import pick_device
+    from robustreg.devices import pick_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -616,8 +613,8 @@ def _progress_log(log_class: type[ResumableLog], args, identity: dict) -> Resuma
 
 def _certify(args) -> int:
     from robustreg.certify import certify, write_certify_log
+    from robustreg.model_files import load_model
     from robustreg.smoothing import ProgressLog, certify_counts
-    from robustreg.train import load_model
 
     device = _setup_device(args)
     model, config = load_model(args.model, device)
@@ -740,7 +737,7 @@ def _counts_problem(stored: dict[str, np.ndarray]) -> str | None:
 
 def _attack(args) -> int:
     from robustreg.attacks.suite import OutcomeLog, build_attack, run_attack, write_outcomes
-    from robustreg.train import load_model
+    from robustreg.model_files import load_model
 
     # The attack first: a bad key is reported before anything heavy is loaded.
     try:
@@ -812,7 +809,7 @@ def _bounds(args) -> int:
         resolve_bound_settings,
         write_bounds,
     )
-    from robustreg.train import load_model
+    from robustreg.model_files import load_model
 
     try:
         spec = json.loads(args.bounds_json)

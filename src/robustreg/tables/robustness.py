@@ -15,7 +15,7 @@ A robustness cell reads, per column, the files its metric needs (the cells file'
   gap and gradient dual norm, L and omega(eps) estimated by GEV fits (Proposition 2.2),
   omega made nondecreasing in eps (``omega_envelope``).
 - ``training_hours``: the ``model.pt`` of the row's training, which records the wall time of
-  its training job and the device it ran on (``robustreg.train.training_record``).
+  its training job and the device it ran on (``robustreg.model_files.training_record``).
 
 Every value is a fraction (printed as percent where the spec asks) or a number; a column
 without files is missing (NaN).
@@ -107,7 +107,7 @@ class Reader:
 
     def model(self, path: Path) -> dict:
         if path not in self._models:
-            from robustreg.train import training_record
+            from robustreg.model_files import training_record
 
             try:
                 self._models[path] = training_record(path)
