@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike
 
-from robustreg.attacks.settings import is_int, is_number
 from robustreg.attacks.threat import NORMS
 from robustreg.bound_settings import EPS_GRID_SAYS, MIN_MAXIMA, check_blocks, is_eps_grid
 from robustreg.io import write_text_atomic
+from robustreg.settings import is_int, is_number
 
 if TYPE_CHECKING:
     import pandas as pd

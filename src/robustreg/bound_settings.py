@@ -8,7 +8,7 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from robustreg.attacks.settings import (
+from robustreg.settings import (
     BOOL,
     INT_1,
     NORM,

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from robustreg.attacks.settings import is_int, is_number
 from robustreg.io import Expected, ResumableLog, write_text_atomic
+from robustreg.settings import is_int, is_number
 
 if TYPE_CHECKING:
     import pandas as pd

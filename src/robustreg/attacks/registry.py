@@ -11,7 +11,7 @@ Carlini-Wagner, Boundary, LogBarrier and PGD (``pgd_min``, ``cw_l2_min``, ``boun
 ``logbarrier``; ``robustreg.attacks.min_distance``).
 
 A kind is declared here as a frozen dataclass whose fields are its settings (``setting``, from
-``robustreg.attacks.settings``), registered under its ``kind`` (``REGISTRY``, the one list of
+``robustreg.settings``), registered under its ``kind`` (``REGISTRY``, the one list of
 the allowed names). ``resolve_attack`` reads a dict such as ``{"kind": "pgd", "norm": "l2",
 "eps": 2.0, "steps": 40, "step_size": 0.25, "restarts": 10}`` against it. The code that runs a
 kind is a subclass of its declaration adding ``perturb`` (``implements``), in the module of the
@@ -47,7 +47,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from robustreg.attacks.settings import (
+from robustreg.attacks.threat import NORMS
+from robustreg.settings import (
     BOOL,
     INT,
     INT_0,
@@ -67,7 +68,6 @@ from robustreg.attacks.settings import (
     read_settings,
     setting,
 )
-from robustreg.attacks.threat import NORMS
 
 if TYPE_CHECKING:
     from torch import Tensor, nn

@@ -3,7 +3,7 @@ attack from its settings, run it on a model, write its outcome log.
 
 Its parts, each in its own module:
 
-* ``robustreg.attacks.settings``: the vocabulary attack and bounds settings are declared in;
+* ``robustreg.settings``: the vocabulary attack and bounds settings are declared in;
 * ``robustreg.attacks.registry``: every attack kind's name and declared settings
   (``REGISTRY``, ``resolve_attack``, ``build_attack``), torch-free, for planning;
 * ``robustreg.attacks.ours`` and ``robustreg.attacks.adapters``: the code that runs each kind,

@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-from robustreg.attacks.settings import is_int
 from robustreg.attacks.threat import NORMS
+from robustreg.settings import is_int
 
 
 def require(condition: bool, field: str, message: str) -> None:

@@ -1,6 +1,8 @@
-"""The vocabulary that attack and bounds settings are declared in, checked without importing
-torch: planning resolves every attack and bounds job's settings before any job starts (issue
-19: planning imports no torch).
+"""The vocabulary declared settings are written in, checked without importing torch: attack
+kinds (``robustreg.attacks.registry``) and bounds jobs (``robustreg.bound_settings``) declare
+theirs with it, and method hyperparameters (``robustreg.objectives.settings``) use its checks.
+Planning resolves every job's settings before any job starts (issue 19: planning imports no
+torch).
 
 A kind's settings are the fields of a frozen dataclass, each declared with ``setting``: its
 default, if any, and the ``Need`` its JSON value must meet. ``read_settings`` reads a mapping
