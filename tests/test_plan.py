@@ -722,3 +722,18 @@ def test_attacks_tables_say_which_rows_early_stopping_selected():
     (note,) = plan.tables["table6_atent"].notes  # both rows attack the early-stopped ATENT
     assert "last epoch" not in note
     assert plan.tables["table2_mnist"].notes == []
+
+
+@pytest.mark.parametrize(
+    ("row", "params", "message"),
+    [
+        # a string where a number belongs used to stop planning with a TypeError traceback
+        ("macer", {"lbd": "x"}, "macer.params: lbd: need lbd >= 0, got 'x'"),
+        ("consistency", {"eta": True}, "consistency.params: eta: need a number >= 0, got True"),
+        ("smoothadv", {"steps": 2.5}, "smoothadv.params: steps: need an integer >= 1, got 2.5"),
+        ("stability", {"lbd": [2]}, "stability.params: lbd: need lbd >= 0, got [2]"),
+    ],
+)
+def test_a_hyperparameter_of_the_wrong_type_is_refused_in_one_line(row, params, message):
+    overlay = {"tables": {"table2_mnist": {"rows": {row: {"params": params}}}}}
+    assert refused(merged(overlay)) == f"tables.table2_mnist.rows.{message}"

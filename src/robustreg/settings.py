@@ -33,6 +33,7 @@ __all__ = [
     "OPTIONAL_INT_1",
     "OPTIONAL_POSITIVE",
     "Need",
+    "check_settings",
     "is_int",
     "is_number",
     "one_of",
@@ -122,3 +123,13 @@ def read_settings(
         else:
             raise ValueError(f"{where}: missing key {key!r}{of}")
     return values
+
+
+def check_settings(instance: Any) -> None:
+    """Check each field of the dataclass ``instance`` that ``setting`` declared against its
+    ``Need``, in field order: a one-line ValueError "<field>: need <says>, got <value>" for
+    the first that fails (method hyperparameters, which are built from resolved params)."""
+    for f in dataclasses.fields(instance):
+        need = f.metadata.get("need")
+        if need is not None and not need.test(value := getattr(instance, f.name)):
+            raise ValueError(f"{f.name}: need {need.says}, got {value!r}")

@@ -2,9 +2,11 @@
 
 A method is declared here once, as a frozen dataclass registered with ``@declare``: its fields
 are the hyperparameters a config may set (an experiment's ``params``; ``sigma`` comes from the
-experiment itself) with their defaults, its ``__post_init__`` refuses a bad value with a
-one-line ValueError naming it, and its class variables say what a planner needs to know
-without building the method (``uses_sigma``, ``keeps_state``, ``traits``). Planning reads
+experiment itself), each declared with ``robustreg.settings.setting``, its default and the
+``Need`` its value must meet, as attack kinds and bounds jobs declare theirs; ``check``
+relates several of them. A bad value is refused with a one-line ValueError naming it. Its
+class variables say what a planner needs to know without building the method
+(``uses_sigma``, ``keeps_state``, ``traits``). Planning reads
 these declarations only, so it never imports torch (issue 19).
 
 The loss is computed by the class a declaration's ``implemented_by`` names, in a module of its
@@ -22,19 +24,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-from robustreg.attacks.threat import NORMS
-from robustreg.settings import is_int
+from robustreg.settings import (
+    INT_0,
+    INT_1,
+    NORM,
+    NUMBER_POSITIVE,
+    Need,
+    check_settings,
+    is_int,
+    is_number,
+    one_of,
+    setting,
+)
 
 
 def require(condition: bool, field: str, message: str) -> None:
     """Raise a ValueError naming the offending hyperparameter when ``condition`` fails."""
     if not condition:
         raise ValueError(f"{field}: {message}")
-
-
-def is_real(value: object) -> bool:
-    """A number a config may give for a float hyperparameter (an int or a float, not a bool)."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,14 @@ class MethodSettings:
     # Epoch counts a config may tie to the experiment's schedule (``epochs_in``).
     schedule_fields: ClassVar[tuple[str, ...]] = ()
     sigma: float | None
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        self.check()
+
+    def check(self) -> None:
+        """Refuse, with ``require``, values that are bad together; each field's own range is
+        its ``need``, checked before."""
 
     def schedule_problem(self, epochs: int) -> str | None:
         """Why the method's defining term could never act in a training of ``epochs`` epochs,
@@ -193,6 +208,20 @@ GRADIENT_NORMS = ("l2", "l1")
 GRADIENT_METHODS = ("fd", "dbp")
 
 
+def number(says: str, test=lambda value: True) -> Need:
+    """A finite number (not a bool) that passes ``test``; the error says "need <says>"."""
+    return Need(lambda value: is_number(value) and test(value), says)
+
+
+LBD = number("lbd >= 0", lambda v: v >= 0)
+AT_LEAST_0 = number(">= 0", lambda v: v >= 0)
+ABOVE_0 = number("> 0", lambda v: v > 0)
+NUMBER_0 = number("a number >= 0", lambda v: v >= 0)
+LABEL_SMOOTHING = number("0 <= label_smoothing < 1", lambda v: 0 <= v < 1)
+ANY = Need(lambda value: True, "any value")
+EPS = number("eps >= 0", lambda v: v >= 0)
+
+
 def validate_consistency(m: object, loss: object) -> None:
     """The checks every consistency-regularized method shares (``m`` copies, ``loss`` variant)."""
     require(is_int(m) and m >= 2, "m", f"consistency needs an integer m >= 2 copies, got {m!r}")
@@ -200,18 +229,6 @@ def validate_consistency(m: object, loss: object) -> None:
         loss in LOSS_VARIANTS,
         "loss",
         f"unknown variant {loss!r} (known: {', '.join(LOSS_VARIANTS)})",
-    )
-
-
-def validate_attack(norm: object, eps: object, steps: object, step_size: object) -> None:
-    """One-line errors naming the field, for the PGD settings of a training objective."""
-    require(norm in NORMS, "norm", f"need one of {', '.join(NORMS)}, got {norm!r}")
-    require(is_real(eps) and eps > 0, "eps", f"need a number > 0, got {eps!r}")
-    require(is_int(steps) and steps >= 1, "steps", f"need an integer >= 1, got {steps!r}")
-    require(
-        is_real(step_size) and step_size > 0,
-        "step_size",
-        f"need a number > 0, got {step_size!r}",
     )
 
 
@@ -224,16 +241,6 @@ def warmup_problem(warmup_epochs: int, epochs: int) -> str | None:
             f"({warmup_epochs} warm-up epochs), so it is never reached"
         )
     return None
-
-
-def _validate_adre(k: object, lbd: float, label_smoothing: float) -> None:
-    require(is_int(k) and k >= 1, "k", f"need an integer >= 1, got {k!r}")
-    require(lbd >= 0, "lbd", f"need lbd >= 0, got {lbd!r}")
-    require(
-        0 <= label_smoothing < 1,
-        "label_smoothing",
-        f"need 0 <= label_smoothing < 1, got {label_smoothing!r}",
-    )
 
 
 # --- randomized smoothing: Gaussian training and its regularizers --------------------------------
@@ -250,14 +257,7 @@ class GaussianSettings(MethodSettings):
 
     name: ClassVar[str] = "gaussian"
     implemented_by: ClassVar[str] = "robustreg.objectives.gaussian.Gaussian"
-    label_smoothing: float = 0.0
-
-    def __post_init__(self) -> None:
-        require(
-            0 <= self.label_smoothing < 1,
-            "label_smoothing",
-            f"need 0 <= label_smoothing < 1, got {self.label_smoothing!r}",
-        )
+    label_smoothing: float = setting(0.0, need=LABEL_SMOOTHING)
 
 
 @declare
@@ -270,7 +270,7 @@ class StabilitySettings(MethodSettings):
 
     name: ClassVar[str] = "stability"
     implemented_by: ClassVar[str] = "robustreg.objectives.stability.Stability"
-    lbd: float = 2.0
+    lbd: float = setting(2.0, need=LBD)
 
     def revision(self, batch_statistics: bool) -> int:
         # 2: clean and noisy inputs in two passes, not one joint batch (issue 20), which
@@ -292,12 +292,12 @@ class ConsistencySettings(MethodSettings):
 
     name: ClassVar[str] = "consistency"
     implemented_by: ClassVar[str] = "robustreg.objectives.consistency.Consistency"
-    lbd: float
-    m: int = 2
-    eta: float = 0.5
-    loss: str = "default"
+    lbd: float = setting(need=LBD)
+    m: int = setting(2, need=ANY)  # checked with loss (validate_consistency)
+    eta: float = setting(0.5, need=NUMBER_0)
+    loss: str = setting("default", need=ANY)
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         validate_consistency(self.m, self.loss)
 
 
@@ -317,11 +317,11 @@ class MacerSettings(MethodSettings):
 
     name: ClassVar[str] = "macer"
     implemented_by: ClassVar[str] = "robustreg.objectives.macer.Macer"
-    m: int = 16
-    lbd: float = 16.0
-    gamma: float = 8.0
-    beta: float = 16.0
-    deferred_epochs: int = 0
+    m: int = setting(16, need=INT_1)
+    lbd: float = setting(16.0, need=LBD)
+    gamma: float = setting(8.0, need=number("gamma > 0", lambda v: v > 0))
+    beta: float = setting(16.0, need=number("beta > 0", lambda v: v > 0))
+    deferred_epochs: int = setting(0, need=INT_0)
     schedule_fields: ClassVar[tuple[str, ...]] = ("deferred_epochs",)
 
     def schedule_problem(self, epochs: int) -> str | None:
@@ -331,17 +331,6 @@ class MacerSettings(MethodSettings):
                 f"{self.deferred_epochs} (from 0) of a {epochs}-epoch schedule, so never"
             )
         return None
-
-    def __post_init__(self) -> None:
-        require(is_int(self.m) and self.m >= 1, "m", f"need an integer >= 1, got {self.m!r}")
-        require(self.lbd >= 0, "lbd", f"need lbd >= 0, got {self.lbd!r}")
-        require(self.gamma > 0, "gamma", f"need gamma > 0, got {self.gamma!r}")
-        require(self.beta > 0, "beta", f"need beta > 0, got {self.beta!r}")
-        require(
-            is_int(self.deferred_epochs) and self.deferred_epochs >= 0,
-            "deferred_epochs",
-            f"need an integer >= 0, got {self.deferred_epochs!r}",
-        )
 
 
 @declare
@@ -360,28 +349,14 @@ class SmoothAdvSettings(MethodSettings):
     implemented_by: ClassVar[str] = "robustreg.objectives.smoothadv.SmoothAdv"
     # Salman et al. also train with DDN; every model these papers use was PGD-trained.
     traits: ClassVar[dict[str, str]] = {"attack": "PGD"}
-    m: int = 4
-    eps: float = 1.0
-    steps: int = 10
-    warmup_epochs: int = 10
+    m: int = setting(4, need=INT_1)
+    eps: float = setting(1.0, need=EPS)
+    steps: int = setting(10, need=INT_1)
+    warmup_epochs: int = setting(10, need=INT_0)
     schedule_fields: ClassVar[tuple[str, ...]] = ("warmup_epochs",)
 
     def schedule_problem(self, epochs: int) -> str | None:
         return warmup_problem(self.warmup_epochs, epochs)
-
-    def __post_init__(self) -> None:
-        require(is_int(self.m) and self.m >= 1, "m", f"need an integer >= 1, got {self.m!r}")
-        require(self.eps >= 0, "eps", f"need eps >= 0, got {self.eps!r}")
-        require(
-            is_int(self.steps) and self.steps >= 1,
-            "steps",
-            f"need an integer >= 1, got {self.steps!r}",
-        )
-        require(
-            is_int(self.warmup_epochs) and self.warmup_epochs >= 0,
-            "warmup_epochs",
-            f"need an integer >= 0, got {self.warmup_epochs!r}",
-        )
 
 
 @declare
@@ -397,12 +372,11 @@ class SmoothAdvConsistencySettings(SmoothAdvSettings):
     implemented_by: ClassVar[str] = (
         "robustreg.objectives.smoothadv_consistency.SmoothAdvConsistency"
     )
-    lbd: float = 1.0
-    eta: float = 0.5
-    loss: str = "default"
+    lbd: float = setting(1.0, need=LBD)
+    eta: float = setting(0.5, need=NUMBER_0)
+    loss: str = setting("default", need=ANY)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check(self) -> None:
         validate_consistency(self.m, self.loss)
 
 
@@ -420,18 +394,10 @@ class AdreRegSettings(MethodSettings):
 
     name: ClassVar[str] = "adre_reg"
     implemented_by: ClassVar[str] = "robustreg.objectives.adre.AdreReg"
-    k: int = 1
-    lbd: float
-    per_term: str = "mean"
-    label_smoothing: float = 0.0
-
-    def __post_init__(self) -> None:
-        _validate_adre(self.k, self.lbd, self.label_smoothing)
-        require(
-            self.per_term in PER_TERMS,
-            "per_term",
-            f"need one of {', '.join(PER_TERMS)}, got {self.per_term!r}",
-        )
+    k: int = setting(1, need=INT_1)
+    lbd: float = setting(need=LBD)
+    per_term: str = setting("mean", need=one_of(*PER_TERMS))
+    label_smoothing: float = setting(0.0, need=LABEL_SMOOTHING)
 
 
 @declare
@@ -447,27 +413,16 @@ class AdreAdvSettings(MethodSettings):
     name: ClassVar[str] = "adre_adv"
     implemented_by: ClassVar[str] = "robustreg.objectives.adre.AdreAdv"
     traits: ClassVar[dict[str, str]] = {"attack": "PGD"}
-    k: int = 1
-    eps: float
-    steps: int
-    warmup_epochs: int = 10
-    lbd: float
-    label_smoothing: float = 0.0
+    k: int = setting(1, need=INT_1)
+    eps: float = setting(need=EPS)
+    steps: int = setting(need=INT_1)
+    warmup_epochs: int = setting(10, need=INT_0)
+    lbd: float = setting(need=LBD)
+    label_smoothing: float = setting(0.0, need=LABEL_SMOOTHING)
     schedule_fields: ClassVar[tuple[str, ...]] = ("warmup_epochs",)
 
     def schedule_problem(self, epochs: int) -> str | None:
         return warmup_problem(self.warmup_epochs, epochs)
-
-    def __post_init__(self) -> None:
-        _validate_adre(self.k, self.lbd, self.label_smoothing)
-        # eps, steps and warmup_epochs, under their own names
-        SmoothAdvSettings(
-            sigma=self.sigma,
-            m=self.k,
-            eps=self.eps,
-            steps=self.steps,
-            warmup_epochs=self.warmup_epochs,
-        )
 
 
 # --- adversarial training and its baselines (no Gaussian noise) ----------------------------------
@@ -497,19 +452,11 @@ class PgdAtSettings(MethodSettings):
     name: ClassVar[str] = "pgd_at"
     implemented_by: ClassVar[str] = "robustreg.objectives.pgd_at.PgdAt"
     uses_sigma: ClassVar[bool] = False
-    norm: str
-    eps: float
-    steps: int
-    step_size: float
-    attack_mode: str = "train"
-
-    def __post_init__(self) -> None:
-        validate_attack(self.norm, self.eps, self.steps, self.step_size)
-        require(
-            self.attack_mode in ATTACK_MODES,
-            "attack_mode",
-            f"need one of {', '.join(ATTACK_MODES)}, got {self.attack_mode!r}",
-        )
+    norm: str = setting(need=NORM)
+    eps: float = setting(need=NUMBER_POSITIVE)
+    steps: int = setting(need=INT_1)
+    step_size: float = setting(need=NUMBER_POSITIVE)
+    attack_mode: str = setting("train", need=one_of(*ATTACK_MODES))
 
 
 @declare
@@ -526,17 +473,12 @@ class TradesSettings(MethodSettings):
     name: ClassVar[str] = "trades"
     implemented_by: ClassVar[str] = "robustreg.objectives.trades.Trades"
     uses_sigma: ClassVar[bool] = False
-    norm: str = "linf"
-    eps: float
-    steps: int
-    step_size: float
-    beta: float = 6.0
-    noise: float = 0.0
-
-    def __post_init__(self) -> None:
-        validate_attack(self.norm, self.eps, self.steps, self.step_size)
-        require(is_real(self.beta) and self.beta >= 0, "beta", f"need >= 0, got {self.beta!r}")
-        require(is_real(self.noise) and self.noise >= 0, "noise", f"need >= 0, got {self.noise!r}")
+    norm: str = setting("linf", need=NORM)
+    eps: float = setting(need=NUMBER_POSITIVE)
+    steps: int = setting(need=INT_1)
+    step_size: float = setting(need=NUMBER_POSITIVE)
+    beta: float = setting(6.0, need=AT_LEAST_0)
+    noise: float = setting(0.0, need=AT_LEAST_0)
 
 
 @declare
@@ -552,15 +494,11 @@ class MartSettings(MethodSettings):
     name: ClassVar[str] = "mart"
     implemented_by: ClassVar[str] = "robustreg.objectives.mart.Mart"
     uses_sigma: ClassVar[bool] = False
-    norm: str = "linf"
-    eps: float = 0.031
-    steps: int = 10
-    step_size: float = 0.007
-    beta: float = 6.0
-
-    def __post_init__(self) -> None:
-        validate_attack(self.norm, self.eps, self.steps, self.step_size)
-        require(is_real(self.beta) and self.beta >= 0, "beta", f"need >= 0, got {self.beta!r}")
+    norm: str = setting("linf", need=NORM)
+    eps: float = setting(0.031, need=NUMBER_POSITIVE)
+    steps: int = setting(10, need=INT_1)
+    step_size: float = setting(0.007, need=NUMBER_POSITIVE)
+    beta: float = setting(6.0, need=AT_LEAST_0)
 
 
 @declare
@@ -580,37 +518,21 @@ class MMASettings(MethodSettings):
     traits: ClassVar[dict[str, str]] = {"attack": "AN-PGD (SLM)"}
     uses_sigma: ClassVar[bool] = False
     keeps_state: ClassVar[bool] = True
-    norm: str
-    hinge_max: float
-    init_eps: float
-    steps: int
-    step_scale: float = 2.5
-    search_steps: int = 10
-    clean_loss_coeff: float = 1.0 / 3.0
+    norm: str = setting(need=NORM)
+    hinge_max: float = setting(need=number("hinge_max > 0", lambda v: v > 0))
+    init_eps: float = setting(need=number("a number"))  # its range depends on hinge_max
+    steps: int = setting(need=INT_1)
+    step_scale: float = setting(2.5, need=number("step_scale > 0", lambda v: v > 0))
+    search_steps: int = setting(10, need=INT_0)
+    clean_loss_coeff: float = setting(
+        1.0 / 3.0, need=number("0 <= clean_loss_coeff < 1", lambda v: 0 <= v < 1)
+    )
 
-    def __post_init__(self) -> None:
-        require(self.norm in NORMS, "norm", f"need one of {', '.join(NORMS)}, got {self.norm!r}")
-        require(self.hinge_max > 0, "hinge_max", f"need hinge_max > 0, got {self.hinge_max!r}")
+    def check(self) -> None:
         require(
             0 < self.init_eps <= self.hinge_max,
             "init_eps",
             f"need 0 < init_eps <= hinge_max = {self.hinge_max}, got {self.init_eps!r}",
-        )
-        require(
-            is_int(self.steps) and self.steps >= 1,
-            "steps",
-            f"need an integer >= 1, got {self.steps!r}",
-        )
-        require(self.step_scale > 0, "step_scale", f"need step_scale > 0, got {self.step_scale!r}")
-        require(
-            is_int(self.search_steps) and self.search_steps >= 0,
-            "search_steps",
-            f"need an integer >= 0, got {self.search_steps!r}",
-        )
-        require(
-            0 <= self.clean_loss_coeff < 1,
-            "clean_loss_coeff",
-            f"need 0 <= clean_loss_coeff < 1, got {self.clean_loss_coeff!r}",
         )
 
 
@@ -630,43 +552,23 @@ class AtentSettings(MethodSettings):
     name: ClassVar[str] = "atent"
     implemented_by: ClassVar[str] = "robustreg.objectives.atent.Atent"
     uses_sigma: ClassVar[bool] = False
-    norm: str
-    gamma: float
-    steps: int
-    step_size: float
-    noise: float = 0.001
-    alpha: float = 0.9
-    init_radius: float | None = None
+    norm: str = setting(need=NORM)
+    gamma: float = setting(need=ABOVE_0)
+    steps: int = setting(need=INT_1)
+    step_size: float = setting(need=ABOVE_0)
+    noise: float = setting(0.001, need=AT_LEAST_0)
+    alpha: float = setting(0.9, need=number("0 < alpha <= 1", lambda v: 0 < v <= 1))
+    init_radius: float | None = setting(
+        None,
+        need=Need(lambda v: v is None or (is_number(v) and v >= 0), "a number >= 0 or null"),
+    )
 
     def revision(self, batch_statistics: bool) -> int:
         # 2: the l2 chain's pull towards x is gamma * (x - x'), as in the authors' code, no
         # longer eta' * gamma * (x - x') (issue 20); linf has no pull
         return 2 if self.norm == "l2" else 1
 
-    def __post_init__(self) -> None:
-        require(self.norm in NORMS, "norm", f"need one of {', '.join(NORMS)}, got {self.norm!r}")
-        require(is_real(self.gamma) and self.gamma > 0, "gamma", f"need > 0, got {self.gamma!r}")
-        require(
-            is_int(self.steps) and self.steps >= 1,
-            "steps",
-            f"need an integer >= 1, got {self.steps!r}",
-        )
-        require(
-            is_real(self.step_size) and self.step_size > 0,
-            "step_size",
-            f"need > 0, got {self.step_size!r}",
-        )
-        require(is_real(self.noise) and self.noise >= 0, "noise", f"need >= 0, got {self.noise!r}")
-        require(
-            is_real(self.alpha) and 0 < self.alpha <= 1,
-            "alpha",
-            f"need 0 < alpha <= 1, got {self.alpha!r}",
-        )
-        require(
-            self.init_radius is None or (is_real(self.init_radius) and self.init_radius >= 0),
-            "init_radius",
-            f"need a number >= 0 or null, got {self.init_radius!r}",
-        )
+    def check(self) -> None:
         require(
             self.norm == "linf" or self.init_radius is not None,
             "init_radius",
@@ -688,24 +590,10 @@ class GradientNormSettings(MethodSettings):
     name: ClassVar[str] = "gradient_norm"
     implemented_by: ClassVar[str] = "robustreg.objectives.gradient_norm.GradientNorm"
     uses_sigma: ClassVar[bool] = False
-    norm: str
-    lam: float
-    method: str
-    h: float = 0.01
-
-    def __post_init__(self) -> None:
-        require(
-            self.norm in GRADIENT_NORMS,
-            "norm",
-            f"need one of {', '.join(GRADIENT_NORMS)}, got {self.norm!r}",
-        )
-        require(is_real(self.lam) and self.lam > 0, "lam", f"need a number > 0, got {self.lam!r}")
-        require(
-            self.method in GRADIENT_METHODS,
-            "method",
-            f"need one of {', '.join(GRADIENT_METHODS)}, got {self.method!r}",
-        )
-        require(is_real(self.h) and self.h > 0, "h", f"need a number > 0, got {self.h!r}")
+    norm: str = setting(need=one_of(*GRADIENT_NORMS))
+    lam: float = setting(need=NUMBER_POSITIVE)
+    method: str = setting(need=one_of(*GRADIENT_METHODS))
+    h: float = setting(0.01, need=NUMBER_POSITIVE)
 
 
 @declare
@@ -724,15 +612,11 @@ class FreeAtSettings(MethodSettings):
     traits: ClassVar[dict[str, str]] = {"norm": "linf"}
     uses_sigma: ClassVar[bool] = False
     keeps_state: ClassVar[bool] = True
-    eps: float
-    m: int
-    step_size: float | None = None
-
-    def __post_init__(self) -> None:
-        require(is_real(self.eps) and self.eps > 0, "eps", f"need a number > 0, got {self.eps!r}")
-        require(is_int(self.m) and self.m >= 1, "m", f"need an integer >= 1, got {self.m!r}")
-        require(
-            self.step_size is None or (is_real(self.step_size) and self.step_size > 0),
-            "step_size",
-            f"need a number > 0 or null (for eps), got {self.step_size!r}",
-        )
+    eps: float = setting(need=NUMBER_POSITIVE)
+    m: int = setting(need=INT_1)
+    step_size: float | None = setting(
+        None,
+        need=Need(
+            lambda v: v is None or (is_number(v) and v > 0), "a number > 0 or null (for eps)"
+        ),
+    )
