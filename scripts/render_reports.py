@@ -27,14 +27,14 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 SPECS = SOURCE / "robustreg" / "tables" / "specs"
 
 
-def figures_of(table: str) -> list[str]:
-    """The figure specs drawn from ``table``'s cells file."""
-    names = []
+def figures_by_table() -> dict[str, list[str]]:
+    """The figure specs, by the table whose cells file each is drawn from."""
+    figures: dict[str, list[str]] = {}
     for path in sorted(SPECS.glob("*.yaml")):
         spec = yaml.safe_load(path.read_text())
-        if spec.get("kind") == "figure" and spec.get("table") == table:
-            names.append(spec["name"])
-    return names
+        if spec.get("kind") == "figure":
+            figures.setdefault(spec["table"], []).append(spec["name"])
+    return figures
 
 
 def main() -> int:
@@ -46,6 +46,7 @@ def main() -> int:
     if not cells:
         parser.error(f"{args.results / 'tables'}: no cells files")
     args.out.mkdir(parents=True, exist_ok=True)
+    figures = figures_by_table()
     robustreg = [sys.executable, "-m", "robustreg"]
     # this checkout's package, whichever one the environment has installed
     env = os.environ | {
@@ -57,7 +58,7 @@ def main() -> int:
         common = ["--cells", str(path), "--logs-root", str(args.results)]
         outputs = ["--md", f"{out}.md", "--tex", f"{out}.tex", "--html", f"{out}.html"]
         subprocess.run([*robustreg, "table", *common, *outputs], check=True, env=env)
-        for figure in figures_of(table):
+        for figure in figures.get(table, []):
             out, drawn = args.out / figure, args.out / "figures" / figure  # as in reports/
             outputs = ["--md", f"{out}.md", "--tex", f"{out}.tex"]
             outputs += ["--pdf", f"{drawn}.pdf", "--png", f"{drawn}.png"]

@@ -24,31 +24,14 @@ SCALES = {
 }
 
 
-def _config(overlays: list[str]) -> dict:
-    """config.yaml with ``overlays`` on it, as Snakemake's --configfile merges them."""
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-
-    def update(base: dict, new: dict) -> None:
-        for key, value in new.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                update(base[key], value)
-            else:
-                base[key] = value
-
-    for overlay in overlays:
-        update(config, yaml.safe_load((REPO / overlay).read_text()))
-    return config
-
-
 def planned_ids() -> dict[str, dict[str, list[str]]]:
     """Per scale, the sorted ids of each kind of job the shipped config plans."""
-    from robustreg.plan import make_plan, validate_config
+    from robustreg.cost import load_config
+    from robustreg.plan import make_plan
 
     ids = {}
     for scale, overlays in SCALES.items():
-        config = _config(overlays)
-        validate_config(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
-        plan = make_plan(config)
+        plan = make_plan(load_config([REPO / name for name in overlays], root=REPO))
         kinds = ("datasets", "experiments", "certifications", "attacks", "bounds")
         ids[scale] = {kind: sorted(getattr(plan, kind)) for kind in kinds}
     return ids

@@ -914,14 +914,12 @@ def _cost(args) -> int:
 
 def _schema(args) -> int:
     from robustreg.config_schema import render
-    from robustreg.io import atomic_path
 
     text = render()
     if args.out is None:
         print(text, end="")
-        return 0
-    with atomic_path(args.out) as tmp:
-        tmp.write_text(text)
+    else:
+        write_text_atomic(args.out, text)
     return 0
 
 

@@ -4,9 +4,9 @@ A method is declared here once, as a frozen dataclass registered with ``@declare
 are the hyperparameters a config may set (an experiment's ``params``; ``sigma`` comes from the
 experiment itself), each declared with ``robustreg.settings.setting``, its default and the
 ``Need`` its value must meet, as attack kinds and bounds jobs declare theirs; ``check``
-relates several of them. A bad value is refused with a one-line ValueError naming it. Its
-class variables say what a planner needs to know without building the method
-(``uses_sigma``, ``keeps_state``, ``traits``). Planning reads
+relates several of them (a field checked only there is a plain one). A bad value is refused
+with a one-line ValueError naming it. Its class variables say what a planner needs to know
+without building the method (``uses_sigma``, ``keeps_state``, ``traits``). Planning reads
 these declarations only, so it never imports torch (issue 19).
 
 The loss is computed by the class a declaration's ``implemented_by`` names, in a module of its
@@ -28,6 +28,8 @@ from robustreg.settings import (
     INT_0,
     INT_1,
     NORM,
+    NUMBER,
+    NUMBER_0,
     NUMBER_POSITIVE,
     Need,
     check_settings,
@@ -216,9 +218,7 @@ def number(says: str, test=lambda value: True) -> Need:
 LBD = number("lbd >= 0", lambda v: v >= 0)
 AT_LEAST_0 = number(">= 0", lambda v: v >= 0)
 ABOVE_0 = number("> 0", lambda v: v > 0)
-NUMBER_0 = number("a number >= 0", lambda v: v >= 0)
 LABEL_SMOOTHING = number("0 <= label_smoothing < 1", lambda v: 0 <= v < 1)
-ANY = Need(lambda value: True, "any value")
 EPS = number("eps >= 0", lambda v: v >= 0)
 
 
@@ -293,9 +293,9 @@ class ConsistencySettings(MethodSettings):
     name: ClassVar[str] = "consistency"
     implemented_by: ClassVar[str] = "robustreg.objectives.consistency.Consistency"
     lbd: float = setting(need=LBD)
-    m: int = setting(2, need=ANY)  # checked with loss (validate_consistency)
+    m: int = 2  # m and loss: checked together (validate_consistency)
     eta: float = setting(0.5, need=NUMBER_0)
-    loss: str = setting("default", need=ANY)
+    loss: str = "default"
 
     def check(self) -> None:
         validate_consistency(self.m, self.loss)
@@ -374,7 +374,7 @@ class SmoothAdvConsistencySettings(SmoothAdvSettings):
     )
     lbd: float = setting(1.0, need=LBD)
     eta: float = setting(0.5, need=NUMBER_0)
-    loss: str = setting("default", need=ANY)
+    loss: str = "default"
 
     def check(self) -> None:
         validate_consistency(self.m, self.loss)
@@ -520,7 +520,7 @@ class MMASettings(MethodSettings):
     keeps_state: ClassVar[bool] = True
     norm: str = setting(need=NORM)
     hinge_max: float = setting(need=number("hinge_max > 0", lambda v: v > 0))
-    init_eps: float = setting(need=number("a number"))  # its range depends on hinge_max
+    init_eps: float = setting(need=NUMBER)  # its range depends on hinge_max
     steps: int = setting(need=INT_1)
     step_scale: float = setting(2.5, need=number("step_scale > 0", lambda v: v > 0))
     search_steps: int = setting(10, need=INT_0)
