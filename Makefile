@@ -28,6 +28,8 @@ lint: $(STAMP)
 gpu-check: $(STAMP)
 	scripts/gpu-check prepare
 
-# The config schema, generated from the registries (tests/test_config_schema.py checks it).
+# The generated files: the config schema, from the registries (tests/test_config_schema.py checks
+# it), and the spec reference, from the spec declarations (tests/test_spec_docs.py checks it).
 schema: $(STAMP)
 	$(VENV)/bin/python -m robustreg schema --out workflow/schemas/config.schema.yaml
+	$(VENV)/bin/python -m robustreg spec-docs --out docs/table-specs.md

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from robustreg.tables import load_spec
-from robustreg.tables.render import load_cells, render_table
+from robustreg.tables.cells import load_cells
+from robustreg.tables.render import render_table
 from robustreg.tables.spec import specs_dir
 
 OUTCOME_HEADER = "idx\tlabel\tclean\tadversarial\trobust\tl2\tlinf\ttime"

@@ -16,6 +16,7 @@ from test_plan import merged
 from robustreg.certify import certified_accuracy, write_certify_log
 from robustreg.plan import ConfigError, cells_document, make_plan, write_cells_document
 from robustreg.tables import load_figure_spec, load_spec
+from robustreg.tables.cells import load_cells
 from robustreg.tables.figure import (
     curve_grid,
     draw_figure,
@@ -24,8 +25,8 @@ from robustreg.tables.figure import (
     paper_points,
     render_figure,
 )
-from robustreg.tables.render import load_cells
-from robustreg.tables.spec import LINE_STYLES, available_specs, specs_dir
+from robustreg.tables.spec import available_specs, specs_dir
+from robustreg.tables.vocabulary import LINE_STYLES
 
 FIGURE = {
     "name": "fig_mnist",

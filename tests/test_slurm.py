@@ -22,7 +22,8 @@ from snakemake.utils import update_config
 
 from robustreg.certify import read_certify_log
 from robustreg.plan import make_plan
-from robustreg.tables.render import build_frame, load_cells
+from robustreg.tables.cells import load_cells
+from robustreg.tables.render import build_frame
 
 SCRIPT = REPO / "scripts" / "local-slurm"
 TARGET = "reports/table2_mnist.md"

@@ -12,14 +12,10 @@ import pytest
 import yaml
 
 from robustreg.tables import load_spec
-from robustreg.tables.render import (
-    METRIC_FUNCS,
-    RULE_FUNCS,
-    load_cells,
-    render_table,
-    tex_escape,
-)
-from robustreg.tables.spec import METRICS, RULES, SOURCES, specs_dir
+from robustreg.tables.cells import load_cells
+from robustreg.tables.render import METRIC_FUNCS, RULE_FUNCS, render_table, tex_escape
+from robustreg.tables.spec import specs_dir
+from robustreg.tables.vocabulary import METRICS, RULES, SOURCES
 
 HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime"
 

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
-from robustreg.config_schema import (
+from robustreg.integrity import file_sha256
+from robustreg.io import Expected, ResumableLog, atomic_path, write_text_atomic
+from robustreg.settings import (
     MAX_BATCH_SIZE,
     MAX_CLASSES,
     MAX_COUNT,
@@ -32,8 +34,6 @@ from robustreg.config_schema import (
     MAX_SIDE,
     MAX_SYNTHETIC_IMAGES,
 )
-from robustreg.integrity import file_sha256
-from robustreg.io import Expected, ResumableLog, atomic_path, write_text_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -268,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", type=Path, help="the schema file (workflow/schemas/config.schema.yaml)")
 
+    p = sub.add_parser(
+        "spec-docs",
+        help="write the table and figure spec reference, generated from the specs' declarations",
+    )
+    p.add_argument("--out", type=Path, help="the reference (docs/table-specs.md)")
+
     try:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # -h, or a usage error _Parser has reported
@@ -285,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         "index": _index,
         "cost": _cost,
         "schema": _schema,
+        "spec-docs": _spec_docs,
     }
     try:
         return commands[args.command](args)
@@ -915,11 +922,21 @@ def _cost(args) -> int:
 def _schema(args) -> int:
     from robustreg.config_schema import render
 
-    text = render()
-    if args.out is None:
+    return _generated(render(), args.out)
+
+
+def _spec_docs(args) -> int:
+    from robustreg.tables.spec_docs import render
+
+    return _generated(render(), args.out)
+
+
+def _generated(text: str, out: Path | None) -> int:
+    """A generated file's text to ``out``, or to stdout."""
+    if out is None:
         print(text, end="")
     else:
-        write_text_atomic(args.out, text)
+        write_text_atomic(out, text)
     return 0
 
 

@@ -38,15 +38,14 @@ from robustreg.certify import max_certified_radius
 from robustreg.io import write_text_atomic
 from robustreg.objectives import describe, for_experiment, uses_sigma
 from robustreg.schedule import check_schedule
-from robustreg.tables.spec import (
+from robustreg.tables.spec import load_figure_spec, load_spec
+from robustreg.tables.vocabulary import (
     ATTACKS,
     BOUND_FILES,
     MODEL_FILE,
     OUTCOME_LOGS,
     ROBUSTNESS,
     file_kind,
-    load_figure_spec,
-    load_spec,
 )
 
 # Full-size splits, used to state the scale of a run in table banners.

@@ -18,7 +18,24 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from robustreg.attacks.threat import check_threat_model
+from robustreg.attacks.threat import NORMS, check_threat_model
+from robustreg.settings import (
+    BATCH_SIZE,
+    BOOL,
+    COUNT,
+    MAX_COUNT,
+    NATURAL,
+    NUMBER_0,
+    NUMBER_POSITIVE,
+    SEED,
+    Need,
+    is_int,
+    is_number,
+    json_schema,
+    one_of,
+    read_settings,
+    setting,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -26,15 +43,35 @@ if TYPE_CHECKING:
 
 LR_DECAYS = ("step", "cosine")
 OPTIMIZERS = ("sgd", "entropy_sgd", "adam")
-# Entropy-SGD's Langevin settings (``robustreg.optim.EntropySGD``) and their defaults, which a
-# schedule's ``entropy_sgd`` mapping overrides key by key.
-ENTROPY_SGD_DEFAULTS = {
-    "langevin_steps": 5,
-    "gamma": 1e-3,
-    "langevin_lr": 0.1,
-    "noise": 1e-4,
-    "alpha": 0.25,
-}
+
+
+def _named(choices: tuple[str, ...]) -> Need:
+    return one_of(*choices, explain=lambda v: f"{v!r} is not one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class EntropySgdSettings:
+    """``schedule.entropy_sgd``: Entropy-SGD's Langevin settings (``robustreg.optim.EntropySGD``,
+    Chaudhari et al. 2017, Algorithm 1); each key a schedule leaves out takes its default."""
+
+    langevin_steps: int = setting(5, need=COUNT, doc="L, Langevin steps per weight update")
+    gamma: float = setting(
+        1e-3, need=NUMBER_0, doc="the scope: coupling of the Langevin chain to the weights"
+    )
+    langevin_lr: float = setting(0.1, need=NUMBER_POSITIVE, doc="the Langevin step size")
+    noise: float = setting(1e-4, need=NUMBER_0, doc="epsilon, the Langevin noise's scale")
+    alpha: float = setting(
+        0.25,
+        need=Need(
+            lambda v: is_number(v) and 0 < v <= 1,
+            "0 < alpha <= 1",
+            schema={"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        ),
+        doc="the exponential average's weight on the newest Langevin sample",
+    )
+
+
+ENTROPY_SGD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EntropySgdSettings)}
 ENTROPY_SGD_KEYS = tuple(ENTROPY_SGD_DEFAULTS)
 
 
@@ -142,12 +179,7 @@ def entropy_sgd_settings(schedule: dict) -> dict:
     settings = schedule.get("entropy_sgd") or {}
     if not isinstance(settings, dict):
         raise ValueError(f"schedule.entropy_sgd: need a mapping of settings, got {settings!r}")
-    unknown = sorted(set(settings) - set(ENTROPY_SGD_KEYS))
-    if unknown:
-        raise ValueError(
-            f"schedule.entropy_sgd: unknown key {unknown[0]!r} (known: "
-            f"{', '.join(ENTROPY_SGD_KEYS)})"
-        )
+    read_settings(EntropySgdSettings, settings, "schedule.entropy_sgd")
     return settings
 
 
@@ -192,7 +224,10 @@ def _check_rates(schedule: dict, keys: tuple[str, ...]) -> None:
 
 def check_schedule(schedule: dict) -> None:
     """Every setting of ``schedule`` the loop reads, checked without torch, so a planner can
-    refuse a bad one before any job runs (one-line ValueErrors)."""
+    refuse a bad one before any job runs (one-line ValueErrors): each against its declaration
+    (``ScheduleSettings``), then what the optimizer, the learning-rate schedule and the
+    processes need together."""
+    read_settings(ScheduleSettings, schedule, "schedule")
     check_optimizer(schedule)
     lr_factor(schedule)
     single_process_only(schedule, EarlyStop.from_schedule(schedule), schedule.get("processes", 1))
@@ -223,13 +258,17 @@ class EarlyStop:
     earlier one on ties) gives the weights of ``model.pt``.
     """
 
-    val_images: int
-    norm: str
-    eps: float
-    steps: int
-    step_size: float
-    restarts: int = 1
-    seed: int = 0
+    val_images: int = setting(need=COUNT, doc="training images held out to score each epoch")
+    # checked with eps, steps and step_size as one threat model (check_threat_model)
+    norm: str = setting(
+        need=Need(lambda v: True, f"one of {', '.join(NORMS)}", schema={"enum": list(NORMS)}),
+        doc="the PGD attack's norm",
+    )
+    eps: float = setting(need=NUMBER_0, doc="its radius")
+    steps: int = setting(need=NATURAL, doc="its steps")
+    step_size: float = setting(need=NUMBER_0, doc="its step size")
+    restarts: int = setting(1, need=COUNT, doc="its random restarts")
+    seed: int = setting(0, need=SEED, doc="the seed of the held-out images and of its start")
 
     @classmethod
     def from_schedule(cls, schedule: dict) -> EarlyStop | None:
@@ -239,27 +278,7 @@ class EarlyStop:
             return None
         if not isinstance(spec, dict):
             raise ValueError(f"schedule.early_stop: need a mapping or null, got {spec!r}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(spec) - set(names))
-        if unknown:
-            raise ValueError(
-                f"schedule.early_stop: unknown key {unknown[0]!r} (known: {', '.join(names)})"
-            )
-        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
-        missing = [name for name in required if name not in spec]
-        if missing:
-            raise ValueError(f"schedule.early_stop: missing key {missing[0]!r}")
-        early_stop = cls(**spec)
-        for name in ("val_images", "steps", "restarts", "seed", "eps", "step_size"):
-            value = getattr(early_stop, name)
-            kinds = int if name in ("val_images", "steps", "restarts", "seed") else (int, float)
-            if not isinstance(value, kinds) or isinstance(value, bool):
-                raise ValueError(f"schedule.early_stop.{name}: need a number, got {value!r}")
-        if early_stop.val_images < 1 or early_stop.seed < 0:
-            raise ValueError(
-                f"schedule.early_stop: need val_images >= 1 and seed >= 0, got "
-                f"{early_stop.val_images} and {early_stop.seed}"
-            )
+        early_stop = cls(**read_settings(cls, spec, "schedule.early_stop"))
         try:
             check_threat_model(
                 early_stop.norm,
@@ -331,3 +350,63 @@ def holdout_positions(labels: torch.Tensor | np.ndarray, count: int, seed: int) 
         rank[rng.permutation(members)] = np.arange(len(members))
     order = np.lexsort((rng.permutation(len(y)), rank))
     return np.sort(order[:count])
+
+
+def _mapping_of(declared: type, says: str) -> Need:
+    """A mapping the declaration ``declared`` reads (by its own reader, which names its keys),
+    or null."""
+    return Need(
+        lambda v: v is None or isinstance(v, dict),
+        says,
+        schema=json_schema(declared) | {"type": ["object", "null"]},
+    )
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    """A schedule, ``schedules.<name>`` of the config: what the training loop reads. The
+    config schema's ``schedules`` is generated from this declaration (``json_schema``)."""
+
+    epochs: int = setting(need=COUNT, doc="training epochs")
+    batch_size: int = setting(need=BATCH_SIZE, doc="training images per step")
+    lr: float = setting(need=NUMBER_0, doc="the learning rate (after any warm-up)")
+    momentum: float = setting(need=NUMBER_0, doc="SGD's momentum, without dampening")
+    nesterov: bool = setting(need=BOOL, doc="Nesterov momentum (needs momentum > 0)")
+    weight_decay: float = setting(need=NUMBER_0, doc="L2 weight decay")
+    lr_milestones: list = setting(
+        need=Need(
+            lambda v: isinstance(v, list) and all(is_int(e) and 1 <= e <= MAX_COUNT for e in v),
+            "a list of epochs >= 1",
+            schema={"type": "array", "items": {"$ref": "#/$defs/count"}},
+        ),
+        doc="lr_decay step: the epochs (counted from 0, warm-up included) at which the "
+        "learning rate is multiplied by lr_gamma",
+    )
+    lr_gamma: float = setting(need=NUMBER_POSITIVE, doc="lr_decay step: the factor")
+    amp: bool = setting(False, need=BOOL, doc="mixed precision on GPUs")
+    lr_decay: str = setting(
+        "step",
+        need=_named(LR_DECAYS),
+        doc="step: x lr_gamma at lr_milestones; cosine: to 0 after the warm-up",
+    )
+    warmup_epochs: int = setting(0, need=NATURAL, doc="linear warm-up epochs")
+    processes: int = setting(
+        1, need=COUNT, doc="data-parallel training processes (torchrun), one GPU each"
+    )
+    optimizer: str = setting(
+        "sgd",
+        need=_named(OPTIMIZERS),
+        doc="sgd; entropy_sgd: Chaudhari et al.'s, settings under entropy_sgd; adam: momentum "
+        "0, nesterov false",
+    )
+    entropy_sgd: dict | None = setting(
+        None,
+        need=_mapping_of(EntropySgdSettings, "a mapping of settings"),
+        doc="optimizer entropy_sgd only: its Langevin settings; missing keys take their defaults",
+    )
+    early_stop: dict | None = setting(
+        None,
+        need=_mapping_of(EarlyStop, "a mapping or null"),
+        doc="keep the epoch of best PGD robust accuracy on val_images training images held out "
+        "of training (EarlyStop); null or absent: the last epoch",
+    )

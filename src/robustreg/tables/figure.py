@@ -34,16 +34,11 @@ import pandas as pd
 
 from robustreg.certify import certified_accuracy
 from robustreg.io import atomic_path, write_text_atomic
-from robustreg.tables.render import Cell, CellsFile, environment, load_cells, sources
+from robustreg.tables.cells import Cell, CellsFile, load_cells
+from robustreg.tables.render import environment, sources
 from robustreg.tables.robustness import Reader, empirical_error, smallest_distances
-from robustreg.tables.spec import (
-    DISTANCE_METRICS,
-    LINE_STYLES,
-    ROBUSTNESS,
-    FigureSpec,
-    TableSpec,
-    load_figure_spec,
-)
+from robustreg.tables.spec import FigureSpec, TableSpec, load_figure_spec
+from robustreg.tables.vocabulary import DISTANCE_METRICS, LINE_STYLES, ROBUSTNESS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 
 from robustreg.tables.logs import read_attack_outcomes, read_bound_files, read_certification
-from robustreg.tables.spec import BOUND_FILES, OUTCOME_LOGS, ColumnSpec, TableSpec, file_kind
+from robustreg.tables.spec import ColumnSpec, TableSpec
+from robustreg.tables.vocabulary import BOUND_FILES, OUTCOME_LOGS, file_kind
 
 
 def smallest_distances(logs: Sequence[pd.DataFrame], norm: str) -> np.ndarray:

@@ -1,161 +1,24 @@
 """Table and figure specs: one YAML file each in ``robustreg/tables/specs/``.
 
-A table spec says what a table looks like and what the paper printed; it knows nothing
-about where our numbers come from (that is the cells file, see ``render.py``).
+A table spec says what a table looks like and what the paper printed; it knows nothing about
+where our numbers come from (that is the cells file, ``robustreg.tables.cells``). A figure
+spec draws a table's logs against the paper's values.
 
-Table schema (``<name>.yaml``)::
+Every mapping of a spec file is declared once, below, as a dataclass whose fields are its keys:
+each field a ``robustreg.settings.setting`` with its default (none: the key is required), the
+``Need`` its value must meet and what it means. The loaders read each mapping against its
+declaration (unknown, missing and bad keys are one-line errors naming the file and the key
+path) and then check what spans keys (a metric's parameters, a row's groups, a panel's norm).
+docs/table-specs.md is generated from these declarations and ``robustreg.tables.vocabulary``
+(``python -m robustreg spec-docs``; tests/test_spec_docs.py fails when it is stale).
 
-    name: table2_mnist                 # must equal the file's stem
-    kind: table                        # optional; the default (see figure specs below)
-    source: {paper: "...", table: 2, where: "supplement, section B"}   # free-form mapping
-    title: "..."                       # heading of the rendered table
-    caption: "..."                     # paragraph under the heading / LaTeX caption
-    layout: blocks                     # optional, one of LAYOUTS:
-                                       #   blocks: group column, label column(s), metric
-                                       #     columns; one block of rows per group value
-                                       #   rows_first: label column(s), group column, metric
-                                       #     columns; one block per row, a line per group value
-                                       #   groups_as_columns: a line per row, label column(s),
-                                       #     then one column per group value, headed
-                                       #     "<group label> = <value>"; needs exactly one
-                                       #     column and a label that is the same in all groups
-                                       #   columns_as_rows: the paper's transposed form, a
-                                       #     line per column and a column per row; needs one
-                                       #     group value, show: false and one label column,
-                                       #     whose header is the corner ("Attack ↓ Defense →")
-    label_columns: [Method]            # optional; headers of the row-label columns. Within a
-                                       #   block, consecutive lines with the same text in the
-                                       #   first label column print it once
-    group_by:                          # the key that splits the table into groups
-      key: sigma                       #   name used by cells files (``sigma: 0.25``)
-      label: "σ"                       #   header of the group column
-      format: "{:.2f}"                 #   optional str.format for printing a value
-      values: [0.25, 0.50, 1.00]       #   ordered; numbers or strings
-      show: true                       #   optional; false prints no group column (only with
-                                       #   exactly one value; not with groups_as_columns)
-    columns:                           # ordered metric columns: all 'setting' (a settings
-                                       #   table), all 'robust_accuracy' (an attack table), all
-                                       #   robustness metrics (a robustness table) or all
-                                       #   certification metrics (acr, certified_accuracy,
-                                       #   certified_error = 1 - certified_accuracy)
-      - key: acr                       #   unique within the spec
-        label: ACR                     #   header text
-        metric: acr                    #   one of METRICS
-        decimals: 3                    #   printed decimals (ours and paper alike)
-        # radius: 0.25                 #   metric parameter (certified_accuracy only)
-        # percent: true                #   print fractions as percent (x100)
-        # better: higher               #   higher | lower, used by highlight rules
-        # aggregate: mean_std          #   a cell has one log per training seed: print the
-        #                              #   mean over logs "± the sample std" (ddof 1; "± –"
-        #                              #   for one log); rules compare the means. Paper
-        #                              #   values are [mean, std] pairs
-      # - {key: eps, label: "ε", metric: setting, param: eps, decimals: 3, paper_divide_by: 256}
-        #   metric setting: a training setting, not a result; ``param`` (required) names it
-        #   in the cells file's ``settings``. Paper values are numbers or strings.
-        #   paper_divide_by (optional number): the paper prints the value multiplied by it;
-        #   the spec stores it as printed and the table shows "value = printed/divisor".
-        #   No percent, better or aggregate; highlight rules do not apply.
-      # - {key: pgd20, label: "PGD-20", metric: robust_accuracy, decimals: 2, percent: true}
-        #   metric robust_accuracy: the fraction of attacked test images still classified
-        #   correctly, from the attack outcome file the cells file gives for this column (a
-        #   benign-accuracy column is one whose attack is 'none'). No aggregate.
-      # - {key: worst, label: "Worst case", metric: worst_case_accuracy, of: [pgd20, cw],
-        #   decimals: 2, percent: true}
-        #   metric worst_case_accuracy: the fraction of test images robust under every attack
-        #   of the robust_accuracy columns ``of`` names (per image, from their outcome files;
-        #   a row's columns not evaluated or without a file are left out, and a note names
-        #   them). It has no outcome file of its own in the cells file.
-      # - {key: emp2, label: "ε = 2/255", metric: empirical_error, norm: linf, eps: 0.00784}
-        #   robustness metrics (Finlay & Oberman's tables; robustreg.tables.robustness), each
-        #   a fraction or a number from the files the cells file gives for the column:
-        #     clean_error: misclassified test images (top-k of the attacks), from the
-        #       minimum-distance attack outcome files
-        #     empirical_error (norm, eps): images whose smallest adversarial distance in
-        #       ``norm`` over those files is <= eps (misclassified images at distance 0)
-        #     empirical_distance (norm): the mean of that per-image distance
-        #     bound_error (norm, bound, eps): images whose distance certified by the bound
-        #       (l: L-bound, omega: omega-bound of Proposition 2.2) is < eps, from a bounds job
-        #     bound_distance (norm, bound): the mean certified distance
-        #     gradient_norm (norm, statistic): mean or max over images of the loss gradient's
-        #       dual norm; modulus (norm, eps): the GEV estimate of omega(eps)
-        #     training_hours: wall time of the model's training job, from model.pt
-        #   No aggregate.
-    highlight:                         # style -> named rule (see RULES), or
-      bold: improves_baseline          #   {rule: <name>, columns: [<column key>, ...]}
-      underline: best_acr_per_group
-    rows:                              # ordered, the paper's order
-      - key: gaussian                  #   unique; what cells files name
-        label: Gaussian                #   one string per label column, as a list; a plain
-                                       #   string when there is one label column; or
-                                       #   {<group value>: <that>} for each of the row's groups
-        groups: [0.50, 1.00]           #   optional: the group values the row exists in
-                                       #   (default all); cells and paper values elsewhere
-                                       #   are errors
-        baseline: gaussian             #   optional: row key this row improves on
-        not_evaluated: [cw]            #   optional: columns the paper never evaluated for this
-                                       #   row (printed "-" there); nothing is computed for them
-                                       #   and their paper values must be null
-        cited: "Zhang et al. 2020"     #   optional: the paper copied this row's values from
-                                       #   this publication, for a method outside this project;
-                                       #   the row prints its paper values only, marked cited
-        paper:                         #   optional: {<group value>: [one value per column]}
-          0.25: [0.911, 99.2, ...]     #   null for a value the paper does not print
-    merge_identical:                   # optional: rows the paper prints as one row because
-      - rows: [stab5, stab10, stab20]  #   their values coincide (two or more row keys with the
-        label: "Stability (λ = 5, 10, 20)"  # same groups and equal paper values); label as
-                                       #   for rows. Where our printed values of the members
-                                       #   are identical in every column (or all missing) one
-                                       #   row with this label is printed, highlighted as the
-                                       #   first member; otherwise each member is printed with
-                                       #   the paper's values and a note names the groups
-                                       #   where ours differ. A line spans one group in the
-                                       #   blocks layout and all groups in the others.
-
-Paper values are stored as printed (percent for accuracies), never scaled.
-Highlight rules apply to OUR numbers only; their meaning is in ``RULES``.
-
-Figure schema (``<name>.yaml``, load with ``load_figure_spec``)::
-
-    name: figure1_mnist                # must equal the file's stem
-    kind: figure                       # required: tells it from a table spec
-    source: {...}                      # optional free-form mapping
-    title: "..."
-    caption: "..."
-    table: table2_mnist                # a table spec in the same folder: its cells file
-                                       #   supplies our logs; its rows, labels, group values
-                                       #   and certified-accuracy paper values are reused
-                                       #   (certification columns without aggregate; or a
-                                       #   robustness table, below)
-    rows: [gaussian, consistency]      # row keys to plot, in legend order; required
-                                       #   without panels: then each group value gets a
-                                       #   panel with one colour per row
-    panels:                            # optional, the panels left to right: each draws
-      - title: "(a) CIFAR-10"          #   a line per (row, group value) of its rows with
-        rows: [cifar_adre, cifar_adv]  #   a log or paper values, one colour per group
-      - title: "(b) ImageNet"          #   value; a row is in one panel only. With panels,
-        rows: [imagenet_adre]          #   ``rows`` is optional and, if given, lists
-                                       #   exactly the panels' rows
-    styles: {cifar_adv: dashed}        # optional: plotted row -> line style, one of
-                                       #   LINE_STYLES (default solid)
-    radius_step: 0.01                  # spacing of the radius grid of our curves (required
-                                       #   for a figure of certification logs, refused for a
-                                       #   robustness figure)
-
-A figure of a robustness table (Finlay & Oberman's Figures 1 and B.2: % error against
-adversarial distance) draws, per panel, one line per row in the panel's norm::
-
-    table: figure1_gradreg_models      # a robustness table spec
-    panels:                            # required; each row may be in several panels (one per
-      - title: "(a) ℓ2"                #   norm), once in each
-        norm: l2                       #   l2 | linf: the distance the x axis measures
-        eps_max: 2.0                   #   positive: the x axis runs from 0 to eps_max
-        rows: [undefended, l2_fd_1]    #   each with an empirical_error or empirical_distance
-                                       #   column in the panel's norm that it evaluates
-    # no radius_step; rows and styles as above, one colour per row in every panel
+Paper values are stored as printed (percent for accuracies), never scaled. Highlight rules
+apply to OUR numbers only; their meaning is in ``RULES``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from importlib import resources
@@ -164,159 +27,119 @@ from typing import Any
 
 import yaml
 
-SETTING = "setting"
+from robustreg.settings import Need, is_int, is_number, one_of, setting
+from robustreg.tables.vocabulary import (
+    AGGREGATES,
+    ATTACKS,
+    BOUNDS,
+    CERTIFY,
+    DISTANCE_METRICS,
+    LAYOUTS,
+    LINE_STYLES,
+    METRICS,
+    NORMS,
+    ROBUSTNESS,
+    RULES,
+    SETTING,
+    SOURCES,
+    STATISTICS,
+    STYLES,
+)
 
-# metric name -> required column parameters. Implemented in render.METRIC_FUNCS, except
-# SETTING, which reads a training setting from the cells file instead of a log.
-METRICS: dict[str, tuple[str, ...]] = {
-    "acr": (),
-    "certified_accuracy": ("radius",),
-    "certified_error": ("radius",),
-    SETTING: ("param",),
-    "robust_accuracy": (),
-    "worst_case_accuracy": ("of",),
-    # robustness tables (Finlay & Oberman): see robustreg.tables.robustness
-    "clean_error": (),
-    "empirical_error": ("norm", "eps"),
-    "empirical_distance": ("norm",),
-    "bound_error": ("norm", "bound", "eps"),
-    "bound_distance": ("norm", "bound"),
-    "gradient_norm": ("norm", "statistic"),
-    "modulus": ("norm", "eps"),
-    "training_hours": (),
-}
-# where a table's numbers come from, by the metric of its columns (one source per table)
-ATTACKS = "attacks"
-ROBUSTNESS = "robustness"
-SOURCES = {
-    SETTING: "settings",
-    "robust_accuracy": ATTACKS,
-    "worst_case_accuracy": ATTACKS,
-    **dict.fromkeys(
-        (
-            "clean_error",
-            "empirical_error",
-            "empirical_distance",
-            "bound_error",
-            "bound_distance",
-            "gradient_norm",
-            "modulus",
-            "training_hours",
-        ),
-        ROBUSTNESS,
-    ),
-}
-# robustness columns: the values a column parameter may take
-NORMS = ("l2", "linf")
-BOUNDS = ("l", "omega")
-STATISTICS = ("mean", "max")
-CERTIFY = "certify"  # every other metric: certification logs
 
-# rule name -> footnote text ({group} is the group label, {along} "column" or, in the
-# columns_as_rows layout, "line"). Implemented in render.RULE_FUNCS.
-RULES: dict[str, str] = {
-    "improves_baseline": (
-        "our value strictly exceeds our value for the row's baseline (same {group}, same {along})"
-    ),
-    "best_per_group": "best of our values in the {along} per {group} (ties all marked)",
-    "best_acr_per_group": "best of our ACRs per {group} (ties all marked)",
-    "second_best_per_group": (
-        "second best of our values in the {along} per {group} (the next value below the best; "
-        "ties all marked)"
-    ),
-}
+def _choice(noun: str, choices) -> Need:
+    """One of ``choices``; refused as "unknown <noun> 'x' (known: ...)"."""
+    return Need(
+        lambda v: isinstance(v, str) and v in choices,
+        f"one of {', '.join(choices)}",
+        explain=lambda v: f"unknown {noun} {v!r} (known: {', '.join(choices)})",
+    )
 
-STYLES = ("bold", "underline")
-# figure line styles, named as matplotlib names them
-LINE_STYLES = ("solid", "dashed", "dotted", "dashdot")
-LAYOUTS = ("blocks", "rows_first", "groups_as_columns", "columns_as_rows")
-AGGREGATES = ("mean_std",)
 
-_TOP_KEYS = {
-    "name",
-    "kind",
-    "source",
-    "title",
-    "caption",
-    "layout",
-    "label_columns",
-    "group_by",
-    "columns",
-    "highlight",
-    "rows",
-    "merge_identical",
-}
-_OPTIONAL_TOP_KEYS = {"kind", "source", "layout", "label_columns", "highlight", "merge_identical"}
-_GROUP_KEYS = {"key", "label", "format", "values", "show"}
-_COLUMN_KEYS = {
-    "key",
-    "label",
-    "metric",
-    "decimals",
-    "radius",
-    "percent",
-    "better",
-    "aggregate",
-    "param",
-    "paper_divide_by",
-    "norm",
-    "eps",
-    "bound",
-    "statistic",
-    "of",
-}
+def _below(says: str) -> Need:
+    """A value whose shape its own reader checks (a list of columns, a row's label): the key
+    is declared here, its contents where they are read."""
+    return Need(lambda v: True, says)
+
+
+_TEXT = Need(lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty string")
+# a column's key and label may be written as numbers in YAML ("0.25"); they are kept as text
+_TEXTUAL = Need(lambda v: bool(str(v).strip()), "a non-empty string", str)
+_FINITE = Need(is_number, "a finite number", float)
+_FLAG = Need(lambda v: isinstance(v, bool), "true/false")
+_MAPPING = Need(lambda v: v is None or isinstance(v, dict), "a mapping")
+_LINE_STYLE = _choice("line style", LINE_STYLES)
+_DECIMALS = Need(lambda v: is_int(v) and 0 <= v <= 6, "an integer 0..6")
+# the keys a setting column refuses: it shows a setting, not a result to rank or average
 _NOT_FOR_SETTINGS = ("percent", "better", "aggregate")
-_ROW_KEYS = {"key", "label", "groups", "baseline", "paper", "not_evaluated", "cited"}
-_RULE_KEYS = {"rule", "columns"}
-_MERGE_KEYS = {"rows", "label"}
-_FIGURE_KEYS = {
-    "name",
-    "kind",
-    "source",
-    "title",
-    "caption",
-    "table",
-    "rows",
-    "panels",
-    "styles",
-    "radius_step",
-}
-_OPTIONAL_FIGURE_KEYS = {"source", "rows", "panels", "styles"}
-_PANEL_KEYS = {"title", "rows"}
-_ROBUSTNESS_PANEL_KEYS = _PANEL_KEYS | {"norm", "eps_max"}
-# the robustness metrics whose outcome logs give a row's per-image distance in a norm: the
-# logs a robustness figure's line reads
-DISTANCE_METRICS = ("empirical_error", "empirical_distance")
+_NAME_DOC = "the spec's name; must equal the file's stem"
+_SOURCE_DOC = 'where in the paper, free-form: {paper: "...", table: 2, where: "supplement"}'
 
 
-# What each robustness metric reads (robustreg.tables.robustness): attack outcome logs, a bounds
-# job's files, or the row's model (its training record). Declared here, not beside the readers,
-# so that the planner learns a column's inputs without importing pandas.
-OUTCOME_LOGS, BOUND_FILES, MODEL_FILE = "outcomes", "bounds", "model"
-_FILE_KIND = {
-    "clean_error": OUTCOME_LOGS,
-    "empirical_error": OUTCOME_LOGS,
-    "empirical_distance": OUTCOME_LOGS,
-    "bound_error": BOUND_FILES,
-    "bound_distance": BOUND_FILES,
-    "gradient_norm": BOUND_FILES,
-    "modulus": BOUND_FILES,
-    "training_hours": MODEL_FILE,
-}
+# ------------------------------------------------------------------------- declarations
 
 
-def file_kind(metric: str) -> str:
-    """What a robustness metric reads: outcome logs, a bounds job's summary or a model."""
-    return _FILE_KIND[metric]
+@dataclass(frozen=True)
+class TableFile:
+    """The top level of a table spec."""
+
+    name: str = setting(need=_TEXT, doc=_NAME_DOC)
+    title: str = setting(need=_TEXT, doc="heading of the rendered table")
+    caption: str = setting(need=_TEXT, doc="paragraph under the heading; the LaTeX caption")
+    group_by: Any = setting(
+        need=_below("a mapping (group_by)"), doc="the key that splits the table into groups"
+    )
+    columns: Any = setting(
+        need=_below("a list of columns"),
+        doc="the metric columns, in order; all 'setting' (a settings table), all "
+        "robust_accuracy/worst_case_accuracy (an attack table), all robustness metrics (a "
+        "robustness table) or all certification metrics",
+    )
+    rows: Any = setting(need=_below("a list of rows"), doc="the rows, in the paper's order")
+    kind: str = setting(
+        "table",
+        need=Need(lambda v: v == "table", "'table' or 'figure'"),
+        doc="'table'; a figure spec says 'figure'",
+    )
+    source: Any = setting(None, need=_MAPPING, doc=_SOURCE_DOC)
+    layout: str = setting(
+        "blocks", need=_choice("layout", LAYOUTS), doc="how rows, groups and columns are laid out"
+    )
+    label_columns: Any = setting(
+        None,
+        need=Need(lambda v: isinstance(v, list) and bool(v), "a non-empty list of header strings"),
+        doc="headers of the row-label columns (default: Method). Within a block, consecutive "
+        "lines with the same text in the first label column print it once",
+    )
+    highlight: Any = setting(
+        None,
+        need=Need(lambda v: v is None or isinstance(v, dict), "a mapping style -> rule"),
+        doc="style (bold, underline) -> a rule name, or {rule, columns}",
+    )
+    merge_identical: Any = setting(
+        None,
+        need=_below("a list of {rows, label} mappings"),
+        doc="rows the paper prints as one row because their values coincide",
+    )
 
 
 @dataclass(frozen=True)
 class GroupSpec:
-    key: str
-    label: str
-    values: tuple[Any, ...]
-    format: str = "{}"
-    show: bool = True
+    """``group_by``: the key that splits a table into groups (σ, ε, a dataset)."""
+
+    key: str = setting(need=_TEXT, doc="the name cells files use (``sigma: 0.25``)")
+    values: tuple[Any, ...] = setting(
+        need=Need(lambda v: isinstance(v, list) and bool(v), "a non-empty list", tuple),
+        doc="the group values, ordered; numbers or strings",
+    )
+    label: str = setting(None, need=_TEXT, doc="header of the group column (default: the key)")
+    format: str = setting("{}", need=_TEXT, doc="str.format for printing a value")
+    show: bool = setting(
+        True,
+        need=_FLAG,
+        doc="false prints no group column (only with exactly one value; not with "
+        "groups_as_columns)",
+    )
 
     def match(self, value: Any) -> Any:
         """The spec's own group value equal to ``value`` (0.5 == "0.50" == 0.50), or None."""
@@ -331,21 +154,193 @@ class GroupSpec:
 
 @dataclass(frozen=True)
 class ColumnSpec:
-    key: str
-    label: str
-    metric: str
-    decimals: int
-    radius: float | None = None
-    percent: bool = False
-    better: str = "higher"
-    aggregate: str | None = None
-    param: str | None = None
-    paper_divide_by: float | None = None
-    norm: str | None = None  # robustness columns: l2 or linf
-    eps: float | None = None  # robustness columns: the distance a rate or omega is read at
-    bound: str | None = None  # bound columns: l (L-bound) or omega (omega-bound)
-    statistic: str | None = None  # gradient_norm columns: mean or max over images
-    of: tuple[str, ...] = ()  # worst_case_accuracy columns: the attack columns it combines
+    """An entry of ``columns``: one metric column. A metric's parameters (``radius``,
+    ``param``, ``of``, ``norm``, ``eps``, ``bound``, ``statistic``) are required by it and
+    refused by the others."""
+
+    key: str = setting(need=_TEXTUAL, doc="unique within the spec; what cells files name")
+    label: str = setting(need=_TEXTUAL, doc="header text")
+    metric: str = setting(need=_choice("metric", METRICS), doc="what the column shows")
+    decimals: int = setting(need=_DECIMALS, doc="printed decimals, ours and the paper's alike")
+    radius: float | None = setting(
+        None, need=_FINITE, doc="certified_accuracy, certified_error: the radius"
+    )
+    percent: bool = setting(False, need=_FLAG, doc="print fractions as percent (x100)")
+    better: str = setting(
+        "higher", need=one_of("higher", "lower"), doc="which way the highlight rules rank"
+    )
+    aggregate: str | None = setting(
+        None,
+        need=_choice("aggregate", AGGREGATES),
+        doc="mean_std: a cell has one log per training seed, printed as the mean over logs "
+        '"± the sample std" (ddof 1; "± –" for one log); rules compare the means; paper values '
+        "are [mean, std] pairs. Certification columns only",
+    )
+    param: str | None = setting(
+        None, need=_TEXT, doc="setting: the training setting it names in the cells file"
+    )
+    paper_divide_by: float | None = setting(
+        None,
+        need=_FINITE,
+        doc="setting: the paper prints the value multiplied by this positive number; the spec "
+        'stores it as printed and the table shows "value = printed/divisor"',
+    )
+    norm: str | None = setting(None, need=one_of(*NORMS), doc="robustness metrics: the norm")
+    eps: float | None = setting(
+        None, need=_FINITE, doc="robustness metrics: the distance (>= 0) a rate or ω is read at"
+    )
+    bound: str | None = setting(
+        None, need=one_of(*BOUNDS), doc="bound metrics: l (L-bound) or omega (omega-bound)"
+    )
+    statistic: str | None = setting(
+        None, need=one_of(*STATISTICS), doc="gradient_norm: mean or max over images"
+    )
+    of: tuple[str, ...] = setting(
+        (),
+        need=_below("a list of at least two column keys"),
+        doc="worst_case_accuracy: the robust_accuracy columns it combines",
+    )
+
+
+@dataclass(frozen=True)
+class RowEntry:
+    """An entry of ``rows``."""
+
+    key: str = setting(need=_TEXT, doc="unique; what cells files name")
+    label: Any = setting(
+        need=_below("a string, a list of strings or a mapping group value -> either"),
+        doc="one string per label column, as a list; a plain string when there is one label "
+        "column; or {group value: that} for each of the row's groups",
+    )
+    groups: Any = setting(
+        None,
+        need=_below("a non-empty list of group values"),
+        doc="the group values the row exists in (default all); cells and paper values "
+        "elsewhere are errors",
+    )
+    baseline: str | None = setting(None, need=_TEXT, doc="the row key this row improves on")
+    not_evaluated: Any = setting(
+        None,
+        need=Need(lambda v: v is None or isinstance(v, list), "a list of column keys"),
+        doc='columns the paper never evaluated for this row (printed "-"); nothing is computed '
+        "for them and their paper values are null",
+    )
+    cited: str | None = setting(
+        None,
+        need=_TEXT,
+        doc="the publication the paper copied this row's values from, for a method outside "
+        "this project; the row prints its paper values only",
+    )
+    paper: Any = setting(
+        None,
+        need=_below("a mapping group value -> a list of values"),
+        doc="{group value: [one value per column]}, as printed; null for a value the paper "
+        "does not print",
+    )
+
+
+@dataclass(frozen=True)
+class RuleEntry:
+    """A value of ``highlight``: a rule name, or this mapping."""
+
+    rule: str = setting(need=_choice("rule", RULES), doc="one of the highlight rules")
+    columns: Any = setting(
+        None,
+        need=Need(lambda v: isinstance(v, list) and bool(v), "a non-empty list of column keys"),
+        doc="the columns it marks (default: the rule's own)",
+    )
+
+
+@dataclass(frozen=True)
+class MergeEntry:
+    """An entry of ``merge_identical``: rows the paper prints as one. Where our printed
+    values of the members are identical in every column (or all missing) one row with this
+    label is printed, highlighted as the first member; otherwise each member is printed with
+    the paper's values and a note names the groups where ours differ. A merged line spans
+    one group in the blocks layout and all groups in the others."""
+
+    rows: Any = setting(
+        need=Need(lambda v: isinstance(v, list) and len(v) >= 2, "a list of two or more row keys"),
+        doc="two or more row keys with the same groups and equal paper values",
+    )
+    label: Any = setting(need=_below("as a row's label"), doc="as a row's label")
+
+
+@dataclass(frozen=True)
+class FigureFile:
+    """The top level of a figure spec."""
+
+    name: str = setting(need=_TEXT, doc=_NAME_DOC)
+    kind: str = setting(
+        need=Need(lambda v: v == "figure", "'figure'"), doc="'figure': tells it from a table"
+    )
+    title: str = setting(need=_TEXT, doc="the figure's heading")
+    caption: str = setting(need=_TEXT, doc="paragraph under the figure")
+    table: str = setting(
+        need=_TEXT,
+        doc="a table spec in the same folder: its cells file supplies our logs; its rows, "
+        "labels, group values and paper values are reused (certification columns without "
+        "aggregate, or a robustness table)",
+    )
+    source: Any = setting(None, need=_MAPPING, doc=_SOURCE_DOC)
+    rows: Any = setting(
+        None,
+        need=_below("a non-empty list of row keys"),
+        doc="row keys to plot, in legend order; required without panels (then each group "
+        "value gets a panel, one colour per row); with panels, exactly the panels' rows",
+    )
+    panels: Any = setting(
+        None,
+        need=_below("a non-empty list of panels"),
+        doc="the panels left to right; required for a robustness figure",
+    )
+    styles: Any = setting(
+        None,
+        need=Need(lambda v: v is None or isinstance(v, dict), "a mapping row -> line style"),
+        doc="plotted row -> line style (default solid)",
+    )
+    radius_step: float | None = setting(
+        None,
+        need=_FINITE,
+        doc="spacing (> 0) of the radius grid of our curves: required for a figure of "
+        "certification logs, refused for a robustness figure",
+    )
+
+
+@dataclass(frozen=True)
+class PanelSpec:
+    """An entry of ``panels``. A certification figure's panel has a title and rows and draws a
+    line per (row, group value), one colour per group value; a row is in one panel only. A
+    robustness figure's panel (% error against adversarial distance) also has a norm and
+    eps_max and draws a line per row; a row may be in several panels, one per norm."""
+
+    title: str = setting(need=_TEXT, doc='"(a) CIFAR-10"')
+    rows: tuple[str, ...] = setting(need=_below("a non-empty list of row keys"), doc="row keys")
+    norm: str | None = setting(
+        None,
+        need=one_of(*NORMS),
+        doc="robustness figures: the distance the x axis measures; each row needs an "
+        "empirical_error or empirical_distance column in it that it evaluates",
+    )
+    eps_max: float | None = setting(
+        None, need=_FINITE, doc="robustness figures: the x axis runs from 0 to this (> 0)"
+    )
+
+
+# the declarations docs/table-specs.md documents, in its order, under these headings
+DECLARATIONS = {
+    "Table spec": TableFile,
+    "group_by": GroupSpec,
+    "columns[]": ColumnSpec,
+    "rows[]": RowEntry,
+    "highlight.<style>": RuleEntry,
+    "merge_identical[]": MergeEntry,
+    "Figure spec": FigureFile,
+    "panels[]": PanelSpec,
+}
+
+
+# ------------------------------------------------------------------------- parsed specs
 
 
 @dataclass(frozen=True)
@@ -413,14 +408,6 @@ class TableSpec:
 
 
 @dataclass(frozen=True)
-class PanelSpec:
-    title: str
-    rows: tuple[str, ...]
-    norm: str | None = None  # robustness figures: the distance of the x axis, l2 or linf
-    eps_max: float | None = None  # robustness figures: where the x axis ends
-
-
-@dataclass(frozen=True)
 class FigureSpec:
     name: str
     path: Path
@@ -468,15 +455,10 @@ def load_figure_spec(name: str, directory: str | Path | None = None) -> FigureSp
     if isinstance(raw, dict) and raw.get("kind", "table") != "figure":
         raise c.fail("kind", "a table spec, not a figure (kind: figure); load it with load_spec")
     # radius_step is required by the kind of table, known only once the table is loaded
-    required = _FIGURE_KEYS - _OPTIONAL_FIGURE_KEYS - {"radius_step"}
-    top = c.mapping(raw, "top level", _FIGURE_KEYS, required)
-    fig_name = c.string(top["name"], "name")
-    if fig_name != path.stem:
-        raise c.fail("name", f"{fig_name!r} differs from the file name {path.stem!r}")
-    source = top.get("source") or {}
-    if not isinstance(source, dict):
-        raise c.fail("source", "expected a mapping")
-    table_name = c.string(top["table"], "table")
+    top = c.read(raw, "top level", FigureFile)
+    if top["name"] != path.stem:
+        raise c.fail("name", f"{top['name']!r} differs from the file name {path.stem!r}")
+    table_name = top["table"]
     try:
         table = load_spec(table_name, path.parent)
     except ValueError as err:
@@ -490,10 +472,10 @@ def load_figure_spec(name: str, directory: str | Path | None = None) -> FigureSp
         )
     if any(col.aggregate for col in table.columns):
         raise c.fail("table", f"{table_name!r} aggregates seeds; figures draw one log per cell")
-    if draws == ROBUSTNESS and "panels" not in top:
+    if draws == ROBUSTNESS and top["panels"] is None:
         raise c.fail("top level", "missing key 'panels' (required for a robustness figure)")
-    rows = _figure_rows(c, top["rows"], "rows", table) if "rows" in top else None
-    panels = _parse_panels(c, top["panels"], table, draws) if "panels" in top else ()
+    rows = _figure_rows(c, top["rows"], "rows", table) if top["rows"] is not None else None
+    panels = _parse_panels(c, top["panels"], table, draws) if top["panels"] is not None else ()
     if panels:
         # a robustness figure may draw a row in several panels, one per norm
         plotted = tuple(dict.fromkeys(key for panel in panels for key in panel.rows))
@@ -506,27 +488,25 @@ def load_figure_spec(name: str, directory: str | Path | None = None) -> FigureSp
         rows = plotted
     elif rows is None:
         raise c.fail("top level", "missing key 'rows' (required without panels)")
-    styles = _parse_styles(c, top.get("styles", {}), rows)
-    step = None
+    styles = _parse_styles(c, top["styles"] or {}, rows)
+    step = top["radius_step"]
     if draws == ROBUSTNESS:
-        if "radius_step" in top:
+        if step is not None:
             raise c.fail(
                 "radius_step",
                 "only for figures of certification logs; a robustness figure's x axis runs "
                 "to each panel's eps_max",
             )
-    elif "radius_step" not in top:
+    elif step is None:
         raise c.fail("top level", "missing key 'radius_step'")
-    else:
-        step = c.number(top["radius_step"], "radius_step")
-        if step <= 0:
-            raise c.fail("radius_step", f"expected a positive number, got {top['radius_step']!r}")
+    elif step <= 0:
+        raise c.fail("radius_step", f"expected a positive number, got {raw['radius_step']!r}")
     return FigureSpec(
-        name=fig_name,
+        name=top["name"],
         path=path,
-        source=source,
-        title=c.string(top["title"], "title"),
-        caption=c.string(top["caption"], "caption"),
+        source=top["source"] or {},
+        title=top["title"],
+        caption=top["caption"],
         table=table_name,
         rows=rows,
         radius_step=step,
@@ -560,7 +540,7 @@ def _parse_panels(c: _Checker, obj: Any, table: TableSpec, draws: str) -> tuple[
     out: list[PanelSpec] = []
     for i, entry in enumerate(_panel_list(c, obj, "{title, rows}")):
         where = f"panels[{i}]"
-        entry = c.mapping(entry, where, _PANEL_KEYS, _PANEL_KEYS)
+        entry = c.read(entry, where, PanelSpec, keys={"title", "rows"})
         rows = _figure_rows(c, entry["rows"], f"{where}.rows", table)
         for j, key in enumerate(rows):
             if key in owner:
@@ -568,7 +548,7 @@ def _parse_panels(c: _Checker, obj: Any, table: TableSpec, draws: str) -> tuple[
                     f"{where}.rows[{j}]", f"row {key!r} is already in panels[{owner[key]}]"
                 )
             owner[key] = i
-        out.append(PanelSpec(title=c.string(entry["title"], f"{where}.title"), rows=rows))
+        out.append(PanelSpec(title=entry["title"], rows=rows))
     return tuple(out)
 
 
@@ -582,11 +562,8 @@ def _robustness_panel(c: _Checker, entry: Any, where: str, table: TableSpec) -> 
     """A panel of a robustness figure: its rows' error against distance in ``norm`` up to
     ``eps_max``; each row needs outcome logs in that norm, i.e. a column of
     DISTANCE_METRICS in the norm that the row evaluates."""
-    entry = c.mapping(entry, where, _ROBUSTNESS_PANEL_KEYS, _ROBUSTNESS_PANEL_KEYS)
-    norm = entry["norm"]
-    if norm not in NORMS:
-        raise c.fail(f"{where}.norm", f"expected one of {', '.join(NORMS)}, got {norm!r}")
-    eps_max = c.number(entry["eps_max"], f"{where}.eps_max")
+    entry = c.read(entry, where, PanelSpec, keys={"title", "rows", "norm", "eps_max"})
+    norm, eps_max = entry["norm"], entry["eps_max"]
     if eps_max <= 0:
         raise c.fail(f"{where}.eps_max", f"expected a positive number, got {entry['eps_max']!r}")
     rows = _figure_rows(c, entry["rows"], f"{where}.rows", table)
@@ -601,20 +578,15 @@ def _robustness_panel(c: _Checker, entry: Any, where: str, table: TableSpec) -> 
                 f"row {key!r} evaluates no {' or '.join(DISTANCE_METRICS)} column in {norm} "
                 f"in table {table.name}, so it has no {norm} distances to draw",
             )
-    return PanelSpec(
-        title=c.string(entry["title"], f"{where}.title"), rows=rows, norm=norm, eps_max=eps_max
-    )
+    return PanelSpec(title=entry["title"], rows=rows, norm=norm, eps_max=eps_max)
 
 
-def _parse_styles(c: _Checker, obj: Any, rows: tuple[str, ...]) -> dict[str, str]:
-    if not isinstance(obj, dict):
-        raise c.fail("styles", "expected a mapping row -> line style")
+def _parse_styles(c: _Checker, obj: dict, rows: tuple[str, ...]) -> dict[str, str]:
     for key, style in obj.items():
         where = f"styles.{key}"
         if key not in rows:
             raise c.fail(where, f"row {key!r} is not plotted (rows: {', '.join(rows)})")
-        if style not in LINE_STYLES:
-            raise c.fail(where, f"unknown line style {style!r} (known: {', '.join(LINE_STYLES)})")
+        c.check(_LINE_STYLE, style, where)
     return dict(obj)
 
 
@@ -636,6 +608,9 @@ def _read(name: str, directory: str | Path | None, what: str) -> tuple[Any, Path
 
 
 class _Checker:
+    """Reads a spec file's mappings against their declarations; every problem is a one-line
+    ValueError "<file>: <key path>: <problem>"."""
+
     def __init__(self, path: Path):
         self.path = path
 
@@ -655,41 +630,68 @@ class _Checker:
             raise self.fail(where, f"missing key {missing[0]!r}")
         return obj
 
+    def check(self, need: Need, value: Any, where: str) -> Any:
+        """``value`` cast by ``need``, which it must meet."""
+        if not need.test(value):
+            raise self.fail(where, need.problem(value, verb="expected"))
+        return need.cast(value)
+
+    def read(
+        self, obj: Any, where: str, declared: type, keys: set[str] | None = None
+    ) -> dict[str, Any]:
+        """The keys of the mapping ``obj`` that the dataclass ``declared`` declares (only
+        ``keys`` of them, if given, all required), each checked by its ``Need`` and cast, its
+        default where ``obj`` leaves it out. Key paths below the top level are
+        "<where>.<key>"."""
+        fields = [f for f in dataclasses.fields(declared) if "need" in f.metadata]
+        if keys is not None:
+            fields = [f for f in fields if f.name in keys]
+            self.mapping(obj, where, {f.name for f in fields}, {f.name for f in fields})
+        else:
+            self.mapping(obj, where, *_keys(declared))
+        prefix = "" if where == "top level" else f"{where}."
+        return {
+            f.name: (
+                self.check(f.metadata["need"], obj[f.name], f"{prefix}{f.name}")
+                if f.name in obj
+                else f.default
+            )
+            for f in fields
+        }
+
     def string(self, obj: Any, where: str) -> str:
-        if not isinstance(obj, str) or not obj.strip():
-            raise self.fail(where, f"expected a non-empty string, got {obj!r}")
-        return obj
+        return self.check(_TEXT, obj, where)
 
     def number(self, obj: Any, where: str) -> float:
-        if isinstance(obj, bool) or not isinstance(obj, int | float) or not math.isfinite(obj):
-            raise self.fail(where, f"expected a finite number, got {obj!r}")
-        return float(obj)
+        return self.check(_FINITE, obj, where)
 
-    def flag(self, obj: Any, where: str) -> bool:
-        if not isinstance(obj, bool):
-            raise self.fail(where, f"expected true/false, got {obj!r}")
-        return obj
+
+def _keys(declared: type) -> tuple[set[str], set[str]]:
+    """The keys the declaration ``declared`` allows, and those of them it requires (no
+    default)."""
+    fields = [f for f in dataclasses.fields(declared) if "need" in f.metadata]
+    required = {
+        f.name
+        for f in fields
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    return {f.name for f in fields}, required
+
+
+def need_of(declared: type, key: str) -> Need:
+    """The ``Need`` the declaration ``declared`` gives its key ``key``."""
+    return next(f.metadata["need"] for f in dataclasses.fields(declared) if f.name == key)
 
 
 def _parse(raw: Any, path: Path) -> TableSpec:
     c = _Checker(path)
-    top = c.mapping(raw, "top level", _TOP_KEYS, _TOP_KEYS - _OPTIONAL_TOP_KEYS)
-    if top.get("kind", "table") != "table":
-        raise c.fail("kind", f"expected 'table' or 'figure', got {top['kind']!r}")
-    name = c.string(top["name"], "name")
-    if name != path.stem:
-        raise c.fail("name", f"{name!r} differs from the file name {path.stem!r}")
-    source = top.get("source") or {}
-    if not isinstance(source, dict):
-        raise c.fail("source", "expected a mapping")
-    layout = top.get("layout", "blocks")
-    if layout not in LAYOUTS:
-        raise c.fail("layout", f"unknown layout {layout!r} (known: {', '.join(LAYOUTS)})")
-    label_columns = top.get("label_columns", ["Method"])
-    if not isinstance(label_columns, list) or not label_columns:
-        raise c.fail("label_columns", "expected a non-empty list of header strings")
-    label_columns = tuple(c.string(h, f"label_columns[{i}]") for i, h in enumerate(label_columns))
-
+    top = c.read(raw, "top level", TableFile)
+    if top["name"] != path.stem:
+        raise c.fail("name", f"{top['name']!r} differs from the file name {path.stem!r}")
+    layout = top["layout"]
+    label_columns = tuple(
+        c.string(h, f"label_columns[{i}]") for i, h in enumerate(top["label_columns"] or ["Method"])
+    )
     group = _parse_group(c, top["group_by"])
     columns = _parse_columns(c, top["columns"])
     if layout == "groups_as_columns":
@@ -705,7 +707,7 @@ def _parse(raw: Any, path: Path) -> TableSpec:
         if len(label_columns) != 1:
             raise c.fail("label_columns", "layout columns_as_rows needs exactly one (the corner)")
     rows = _parse_rows(c, top["rows"], group, columns, label_columns)
-    merges = _parse_merges(c, top.get("merge_identical") or [], group, rows, label_columns)
+    merges = _parse_merges(c, top["merge_identical"] or [], group, rows, label_columns)
     if layout == "groups_as_columns":
         labelled = [(f"rows[{r.key}]", r.label_cells) for r in rows]
         labelled += [(f"merge_identical[{i}]", m.label_cells) for i, m in enumerate(merges)]
@@ -716,17 +718,16 @@ def _parse(raw: Any, path: Path) -> TableSpec:
                     f"layout groups_as_columns prints one label per row; this one differs by "
                     f"{group.key}",
                 )
-    highlight = _parse_highlight(c, top.get("highlight") or {}, columns)
     return TableSpec(
-        name=name,
+        name=top["name"],
         path=path,
-        source=source,
-        title=c.string(top["title"], "title"),
-        caption=c.string(top["caption"], "caption"),
+        source=top["source"] or {},
+        title=top["title"],
+        caption=top["caption"],
         group=group,
         columns=columns,
         rows=rows,
-        highlight=highlight,
+        highlight=_parse_highlight(c, top["highlight"] or {}, columns),
         layout=layout,
         label_columns=label_columns,
         merges=merges,
@@ -734,46 +735,35 @@ def _parse(raw: Any, path: Path) -> TableSpec:
 
 
 def _parse_group(c: _Checker, obj: Any) -> GroupSpec:
-    g = c.mapping(obj, "group_by", _GROUP_KEYS, {"key", "values"})
-    key = c.string(g["key"], "group_by.key")
-    if key in {"row", "log", "settings", "experiment"}:
-        raise c.fail("group_by.key", f"{key!r} is reserved in cells files")
+    g = c.read(obj, "group_by", GroupSpec)
+    if g["key"] in {"row", "log", "settings", "experiment"}:
+        raise c.fail("group_by.key", f"{g['key']!r} is reserved in cells files")
     values = g["values"]
-    if not isinstance(values, list) or not values:
-        raise c.fail("group_by.values", "expected a non-empty list")
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, int | float | str):
             raise c.fail(f"group_by.values[{i}]", f"expected a number or string, got {v!r}")
         if any(_same_group_value(v, w) for w in values[:i]):
             raise c.fail(f"group_by.values[{i}]", f"duplicate value {v!r}")
-    fmt = g.get("format", "{}")
-    try:
-        for v in values:
-            c.string(fmt, "group_by.format").format(v)
-    except (ValueError, IndexError, KeyError) as err:
-        raise c.fail("group_by.format", f"{fmt!r} cannot format {v!r}: {err}") from None
-    label = c.string(g.get("label", key), "group_by.label")
-    show = c.flag(g.get("show", True), "group_by.show")
-    if not show and len(values) != 1:
+    for v in values:
+        try:
+            g["format"].format(v)
+        except (ValueError, IndexError, KeyError) as err:
+            raise c.fail("group_by.format", f"{g['format']!r} cannot format {v!r}: {err}") from None
+    if not g["show"] and len(values) != 1:
         raise c.fail("group_by.show", f"false needs exactly one value, got {len(values)}")
-    return GroupSpec(key=key, label=label, values=tuple(values), format=fmt, show=show)
+    return GroupSpec(**(g | {"label": g["label"] or g["key"]}))
 
 
 def _parse_columns(c: _Checker, obj: Any) -> tuple[ColumnSpec, ...]:
     if not isinstance(obj, list) or not obj:
         raise c.fail("columns", "expected a non-empty list")
     out: list[ColumnSpec] = []
-    for i, col in enumerate(obj):
+    for i, entry in enumerate(obj):
         where = f"columns[{i}]"
-        col = c.mapping(col, where, _COLUMN_KEYS, {"key", "label", "metric", "decimals"})
-        key = c.string(str(col["key"]), f"{where}.key")
+        col = c.read(entry, where, ColumnSpec)
+        key, metric = col["key"], col["metric"]
         if any(o.key == key for o in out):
             raise c.fail(f"{where}.key", f"duplicate column key {key!r}")
-        metric = col["metric"]
-        if metric not in METRICS:
-            raise c.fail(
-                f"{where}.metric", f"unknown metric {metric!r} (known: {', '.join(METRICS)})"
-            )
         source = SOURCES.get(metric, CERTIFY)
         if out and source != SOURCES.get(out[0].metric, CERTIFY):
             raise c.fail(
@@ -783,75 +773,28 @@ def _parse_columns(c: _Checker, obj: Any) -> tuple[ColumnSpec, ...]:
                 "certification metrics)",
             )
         for param in METRICS[metric]:
-            if param not in col:
+            if param not in entry:
                 raise c.fail(where, f"metric {metric!r} needs key {param!r}")
         for other, params in METRICS.items():
             for param in set(params) - set(METRICS[metric]):
-                if param in col:
+                if param in entry:
                     raise c.fail(f"{where}.{param}", f"only applies to metric {other!r}")
         if metric == SETTING:
             for key_ in _NOT_FOR_SETTINGS:
-                if key_ in col:
+                if key_ in entry:
                     raise c.fail(f"{where}.{key_}", f"does not apply to metric {SETTING!r}")
-        elif "paper_divide_by" in col:
+        elif "paper_divide_by" in entry:
             raise c.fail(f"{where}.paper_divide_by", f"only applies to metric {SETTING!r}")
-        radius = c.number(col["radius"], f"{where}.radius") if "radius" in col else None
-        param = c.string(col["param"], f"{where}.param") if "param" in col else None
-        divide_by = None
-        if "paper_divide_by" in col:
-            divide_by = c.number(col["paper_divide_by"], f"{where}.paper_divide_by")
-            if divide_by <= 0:
-                raise c.fail(
-                    f"{where}.paper_divide_by", f"expected a positive number, got {divide_by!r}"
-                )
-        decimals = col["decimals"]
-        if isinstance(decimals, bool) or not isinstance(decimals, int) or not 0 <= decimals <= 6:
-            raise c.fail(f"{where}.decimals", f"expected an integer 0..6, got {decimals!r}")
-        percent = c.flag(col.get("percent", False), f"{where}.percent")
-        better = col.get("better", "higher")
-        if better not in ("higher", "lower"):
-            raise c.fail(f"{where}.better", f"expected 'higher' or 'lower', got {better!r}")
-        aggregate = col.get("aggregate")
-        if aggregate is not None and source in (ATTACKS, ROBUSTNESS):
+        divide_by = col["paper_divide_by"]
+        if divide_by is not None and divide_by <= 0:
+            raise c.fail(
+                f"{where}.paper_divide_by", f"expected a positive number, got {divide_by!r}"
+            )
+        if col["aggregate"] is not None and source in (ATTACKS, ROBUSTNESS):
             raise c.fail(f"{where}.aggregate", f"does not apply to metric {metric!r}")
-        if aggregate is not None and aggregate not in AGGREGATES:
-            raise c.fail(
-                f"{where}.aggregate",
-                f"unknown aggregate {aggregate!r} (known: {', '.join(AGGREGATES)})",
-            )
-        norm = col.get("norm")
-        if norm is not None and norm not in NORMS:
-            raise c.fail(f"{where}.norm", f"expected one of {', '.join(NORMS)}, got {norm!r}")
-        eps = c.number(col["eps"], f"{where}.eps") if "eps" in col else None
-        if eps is not None and eps < 0:
-            raise c.fail(f"{where}.eps", f"expected a number >= 0, got {eps!r}")
-        bound = col.get("bound")
-        if bound is not None and bound not in BOUNDS:
-            raise c.fail(f"{where}.bound", f"expected one of {', '.join(BOUNDS)}, got {bound!r}")
-        statistic = col.get("statistic")
-        if statistic is not None and statistic not in STATISTICS:
-            raise c.fail(
-                f"{where}.statistic", f"expected one of {', '.join(STATISTICS)}, got {statistic!r}"
-            )
-        out.append(
-            ColumnSpec(
-                key=key,
-                label=c.string(str(col["label"]), f"{where}.label"),
-                metric=metric,
-                decimals=decimals,
-                radius=radius,
-                percent=percent,
-                better=better,
-                aggregate=aggregate,
-                param=param,
-                paper_divide_by=divide_by,
-                norm=norm,
-                eps=eps,
-                bound=bound,
-                statistic=statistic,
-                of=_of(c, col.get("of"), f"{where}.of"),
-            )
-        )
+        if col["eps"] is not None and col["eps"] < 0:
+            raise c.fail(f"{where}.eps", f"expected a number >= 0, got {entry['eps']!r}")
+        out.append(ColumnSpec(**(col | {"of": _of(c, entry.get("of"), f"{where}.of")})))
     attack_columns = {o.key for o in out if o.metric == "robust_accuracy"}
     for i, column in enumerate(out):
         for key_ in column.of:
@@ -885,22 +828,21 @@ def _parse_rows(
     if not isinstance(obj, list) or not obj:
         raise c.fail("rows", "expected a non-empty list")
     rows: list[RowSpec] = []
-    for i, row in enumerate(obj):
-        where = f"rows[{i}]"
-        row = c.mapping(row, where, _ROW_KEYS, {"key", "label"})
-        key = c.string(row["key"], f"{where}.key")
+    for i, entry in enumerate(obj):
+        # a row's problems are named by its key, once the key itself is good
+        c.mapping(entry, f"rows[{i}]", *_keys(RowEntry))
+        key = c.check(need_of(RowEntry, "key"), entry["key"], f"rows[{i}].key")
         where = f"rows[{key}]"
+        row = c.read(entry, where, RowEntry)
         if any(r.key == key for r in rows):
             raise c.fail(f"{where}.key", f"duplicate row key {key!r}")
         groups = None
-        if "groups" in row:
+        if row["groups"] is not None:
             groups = _parse_row_groups(c, row["groups"], f"{where}.groups", group)
         own = groups if groups is not None else group.values
         label_cells = _parse_label(c, row["label"], f"{where}.label", group, own, label_columns)
         paper: dict[Any, tuple[Any, ...]] = {}
-        for g, values in _per_group(
-            c, row.get("paper") or {}, f"{where}.paper", group, own
-        ).items():
+        for g, values in _per_group(c, row["paper"] or {}, f"{where}.paper", group, own).items():
             w = f"{where}.paper[{g}]"
             if not isinstance(values, list) or len(values) != len(columns):
                 got = len(values) if isinstance(values, list) else type(values).__name__
@@ -911,10 +853,8 @@ def _parse_rows(
                 _paper_value(c, v, col, f"{w}[{j}]")
                 for j, (v, col) in enumerate(zip(values, columns, strict=True))
             )
-        baseline = row.get("baseline")
-        if baseline is not None:
-            baseline = c.string(baseline, f"{where}.baseline")
-        not_evaluated = _parse_not_evaluated(c, row.get("not_evaluated", []), where, columns)
+        baseline = row["baseline"]
+        not_evaluated = _parse_not_evaluated(c, row["not_evaluated"] or [], where, columns)
         for g, values in paper.items():
             for column_key in not_evaluated:
                 j = next(j for j, col in enumerate(columns) if col.key == column_key)
@@ -924,7 +864,7 @@ def _parse_rows(
                         f"column {column_key!r} is not_evaluated for this row; its paper value "
                         "is null",
                     )
-        cited = c.string(row["cited"], f"{where}.cited") if "cited" in row else None
+        cited = row["cited"]
         if cited is not None and (baseline is not None or not paper):
             raise c.fail(f"{where}.cited", "a cited row has paper values and no baseline")
         rows.append(
@@ -950,8 +890,6 @@ def _parse_not_evaluated(
     c: _Checker, obj: Any, where: str, columns: tuple[ColumnSpec, ...]
 ) -> tuple[str, ...]:
     where = f"{where}.not_evaluated"
-    if not isinstance(obj, list):
-        raise c.fail(where, "expected a list of column keys")
     keys = [col.key for col in columns]
     for key in obj:
         if str(key) not in keys:
@@ -1047,10 +985,8 @@ def _parse_merges(
     out: list[MergeSpec] = []
     for i, entry in enumerate(obj):
         where = f"merge_identical[{i}]"
-        entry = c.mapping(entry, where, _MERGE_KEYS, _MERGE_KEYS)
+        entry = c.read(entry, where, MergeEntry)
         keys = entry["rows"]
-        if not isinstance(keys, list) or len(keys) < 2:
-            raise c.fail(f"{where}.rows", "expected a list of two or more row keys")
         for key in keys:
             if not isinstance(key, str) or key not in by_key:
                 raise c.fail(f"{where}.rows", f"unknown row {key!r}")
@@ -1114,8 +1050,6 @@ def _per_group(
 def _parse_highlight(
     c: _Checker, obj: Any, columns: tuple[ColumnSpec, ...]
 ) -> tuple[RuleSpec, ...]:
-    if not isinstance(obj, dict):
-        raise c.fail("highlight", "expected a mapping style -> rule")
     if obj and columns[0].metric == SETTING:
         raise c.fail("highlight", f"rules do not apply to {SETTING!r} columns")
     keys = {col.key for col in columns}
@@ -1126,18 +1060,15 @@ def _parse_highlight(
             raise c.fail(where, f"unknown style {style!r} (known: {', '.join(STYLES)})")
         cols = None
         if isinstance(rule, dict):
-            rule_map = c.mapping(rule, where, _RULE_KEYS, {"rule"})
-            rule = rule_map["rule"]
-            if "columns" in rule_map:
-                cols = rule_map["columns"]
-                if not isinstance(cols, list) or not cols:
-                    raise c.fail(f"{where}.columns", "expected a non-empty list of column keys")
-                for k in cols:
+            entry = c.read(rule, where, RuleEntry)
+            rule = entry["rule"]
+            if entry["columns"] is not None:
+                for k in entry["columns"]:
                     if str(k) not in keys:
                         raise c.fail(f"{where}.columns", f"unknown column {k!r}")
-                cols = tuple(str(k) for k in cols)
-        if rule not in RULES:
-            raise c.fail(where, f"unknown rule {rule!r} (known: {', '.join(RULES)})")
+                cols = tuple(str(k) for k in entry["columns"])
+        else:
+            c.check(need_of(RuleEntry, "rule"), rule, where)
         if rule == "best_acr_per_group" and not any(col.metric == "acr" for col in columns):
             raise c.fail(where, "rule 'best_acr_per_group' needs a column with metric 'acr'")
         out.append(RuleSpec(style=style, rule=rule, columns=cols))
