@@ -454,7 +454,6 @@ def load_figure_spec(name: str, directory: str | Path | None = None) -> FigureSp
     c = _Checker(path)
     if isinstance(raw, dict) and raw.get("kind", "table") != "figure":
         raise c.fail("kind", "a table spec, not a figure (kind: figure); load it with load_spec")
-    # radius_step is required by the kind of table, known only once the table is loaded
     top = c.read(raw, "top level", FigureFile)
     if top["name"] != path.stem:
         raise c.fail("name", f"{top['name']!r} differs from the file name {path.stem!r}")
@@ -954,11 +953,7 @@ def _paper_value(c: _Checker, value: Any, column: ColumnSpec, where: str) -> Any
     if column.metric == SETTING:
         if isinstance(value, str) and column.paper_divide_by is None:
             return c.string(value, where)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
+        if not is_number(value):
             expected = "a finite number" if column.paper_divide_by else "a number or string"
             raise c.fail(where, f"expected {expected}, got {value!r}")
         return float(value)
