@@ -113,13 +113,13 @@ def _keys_of(declared: type, skip: tuple[str, ...] = ()) -> Schema:
     the planner's one-line messages (and a method's epoch counts may be tied to the schedule,
     as "10/150" or first_lr_drop). propertyNames, not additionalProperties: its error lists the
     names the declaration takes."""
+    tied = getattr(declared, "schedule_fields", ())
     properties = {}
     for f in dataclasses.fields(declared):
         if f.name in skip:
             continue
         need = f.metadata.get("need")
         says = need.says if need is not None else "checked with the other settings"
-        tied = getattr(declared, "schedule_fields", ())
         if f.name in tied:
             says += " (or an epoch count tied to the schedule)"
         default = "required" if f.default is dataclasses.MISSING else f"default {f.default!r}"

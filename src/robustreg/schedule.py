@@ -72,7 +72,6 @@ class EntropySgdSettings:
 
 
 ENTROPY_SGD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EntropySgdSettings)}
-ENTROPY_SGD_KEYS = tuple(ENTROPY_SGD_DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -139,8 +138,8 @@ def check_optimizer(schedule: dict) -> str:
 
     SGD and Entropy-SGD take ``lr``, ``momentum``, ``nesterov`` and ``weight_decay``; SGD runs
     without dampening (Jeong & Shin 2020, supp. A.1), so Nesterov momentum needs momentum > 0.
-    Entropy-SGD reads its Langevin settings from the mapping ``entropy_sgd`` (keys
-    ``ENTROPY_SGD_KEYS``; each missing one takes its default in ``ENTROPY_SGD_DEFAULTS``).
+    Entropy-SGD reads its Langevin settings from the mapping ``entropy_sgd``, declared by
+    ``EntropySgdSettings`` (each missing one takes its default, ``ENTROPY_SGD_DEFAULTS``).
     Adam (torch's defaults: betas 0.9, 0.999) is the optimizer of Madry et al.'s MNIST PGD-AT
     and of MMA's MNIST recipe; it takes ``lr`` and ``weight_decay``, and a schedule for it must
     say momentum 0 and nesterov false, so that no setting it ignores reads as if it applied.

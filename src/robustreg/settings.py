@@ -30,9 +30,6 @@ __all__ = [
     "INT_0",
     "INT_1",
     "INT_2",
-    "NORM",
-    "NUMBER",
-    "NUMBER_0",
     "MAX_BATCH_SIZE",
     "MAX_CLASSES",
     "MAX_COUNT",
@@ -41,6 +38,9 @@ __all__ = [
     "MAX_SIDE",
     "MAX_SYNTHETIC_IMAGES",
     "NATURAL",
+    "NORM",
+    "NUMBER",
+    "NUMBER_0",
     "NUMBER_POSITIVE",
     "OPTIONAL_INT_1",
     "OPTIONAL_POSITIVE",
@@ -161,8 +161,8 @@ NORM = one_of(*NORMS)
 
 def setting(default: Any = dataclasses.MISSING, *, need: Need, doc: str = "") -> Any:
     """A dataclass field that is a setting: ``need`` checks its value, ``default`` (if any)
-    stands in when the mapping leaves it out, ``doc`` says what it means where documentation
-    is generated from the declaration (docs/table-specs.md)."""
+    stands in when the mapping leaves it out, ``doc`` says what it means wherever the
+    declaration is written out (docs/table-specs.md, the config schema's descriptions)."""
     return field(default=default, metadata={"need": need, "doc": doc})
 
 
